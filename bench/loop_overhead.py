@@ -1,0 +1,117 @@
+"""nbtrain's fit_cycles against a hand-written PyTorch loop, side by side in one process.
+
+Same model (EfficientNet-Lite0 from timm, whole network trainable), same in-memory
+data, batch size, optimizer (SGD, momentum 0.9) and per-iteration cosine rate. Each
+repeat runs one epoch of each, in alternating order; the figures are medians.
+Also times lr_find against the same number of plain training steps.
+
+    python bench/loop_overhead.py [--size 128] [--bs 32] [--batches 8] [--repeats 5]
+
+The last line is the per-epoch ratio (nbtrain / hand-written); the target is <= 1.02.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import time
+
+import timm
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from nbtrain import Learner
+from nbtrain.core.cpu import tune_cpu
+
+
+def hand_written_epoch(model, loader, opt, lr_max, loss_fn):
+    n = len(loader)
+    model.train()
+    for i, (xb, yb) in enumerate(loader):
+        lr = lr_max / 2 * (1 + math.cos(math.pi * i / n))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(model(xb), yb)
+        loss.item()  # the same sync nbtrain does for its smoothed loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--bs", type=int, default=32)
+    ap.add_argument("--batches", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--lr-find-iters", type=int, default=16)
+    ap.add_argument("--no-tune", action="store_true", help="keep glibc's default allocator")
+    args = ap.parse_args()
+    if not args.no_tune:
+        print("cpu tuning:", tune_cpu())
+    torch.manual_seed(0)
+    n = args.bs * args.batches
+    x = torch.randn(n, 3, args.size, args.size)
+    y = torch.randint(0, 2, (n,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=args.bs, shuffle=True)
+
+    def make_model():
+        torch.manual_seed(0)
+        return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=2)
+
+    hand_model = make_model()
+    hand_opt = torch.optim.SGD(hand_model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    learn = Learner(make_model(), (loader, None), device="cpu")
+    learn.unfreeze()
+
+    print(f"machine: {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"data: {n} random images at {args.size} px, batch {args.bs}, {args.batches} batches")
+    # warm-up: one epoch each (allocator, kernels)
+    hand_written_epoch(hand_model, loader, hand_opt, 0.01, loss_fn)
+    learn.fit_cycles(0.01)
+
+    ours, hand = [], []
+    for r in range(args.repeats):
+        order = ("ours", "hand") if r % 2 == 0 else ("hand", "ours")
+        for which in order:
+            t0 = time.perf_counter()
+            if which == "ours":
+                learn.fit_cycles(0.01)
+                ours.append(time.perf_counter() - t0)
+            else:
+                hand_written_epoch(hand_model, loader, hand_opt, 0.01, loss_fn)
+                hand.append(time.perf_counter() - t0)
+        print(f"repeat {r + 1}: nbtrain {ours[-1]:.2f} s, hand-written {hand[-1]:.2f} s")
+
+    steps = args.lr_find_iters
+    t0 = time.perf_counter()
+    learn.lr_find(iters=steps, end=1.0)
+    find_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hand_model.train()
+    done = 0
+    while done < steps:
+        for xb, yb in loader:
+            loss = loss_fn(hand_model(xb), yb)
+            loss.item()
+            loss.backward()
+            hand_opt.step()
+            hand_opt.zero_grad(set_to_none=True)
+            done += 1
+            if done == steps:
+                break
+    plain_s = time.perf_counter() - t0
+    print(f"lr_find, {steps} iterations: {find_s:.2f} s; {steps} plain steps: {plain_s:.2f} s; "
+          f"ratio {find_s / plain_s:.3f} (target <= 1.10)")
+    m_ours, m_hand = statistics.median(ours), statistics.median(hand)
+    print(f"median s/epoch: nbtrain {m_ours:.3f}, hand-written {m_hand:.3f}")
+    print(f"epoch time ratio nbtrain/hand-written: {m_ours / m_hand:.3f} (target <= 1.02)")
+
+
+if __name__ == "__main__":
+    main()

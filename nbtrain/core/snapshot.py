@@ -1,0 +1,125 @@
+"""In-memory snapshots of model, optimizer and RNG state, restored bit for bit.
+
+The LR range test and the divergence guard use these instead of checkpoint files:
+no temporary files (read-only file systems, parallel runs) and a restore that also
+runs on KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def clone_state_dict(module: nn.Module, *, device: str | torch.device | None = None) -> dict:
+    """Detached copies of every parameter and buffer (optionally moved to ``device``)."""
+    return {
+        k: (v.detach().to(device, copy=True) if device is not None else v.detach().clone())
+        for k, v in module.state_dict().items()
+    }
+
+
+def _clone_tree(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone_tree(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_clone_tree(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+@dataclass
+class RNGState:
+    torch_cpu: torch.Tensor
+    torch_cuda: list[torch.Tensor] | None
+    python: Any
+    numpy: Any
+
+    @classmethod
+    def capture(cls) -> RNGState:
+        np = sys.modules.get("numpy")
+        return cls(
+            torch_cpu=torch.get_rng_state(),
+            torch_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+            python=random.getstate(),
+            numpy=np.random.get_state() if np is not None else None,
+        )
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.torch_cpu)
+        if self.torch_cuda is not None:
+            torch.cuda.set_rng_state_all(self.torch_cuda)
+        random.setstate(self.python)
+        np = sys.modules.get("numpy")
+        if np is not None and self.numpy is not None:
+            np.random.set_state(self.numpy)
+
+
+@dataclass
+class TrainingSnapshot:
+    """Everything a few training steps change, held in memory.
+
+    Model parameters and buffers (BatchNorm running statistics included), which
+    modules are in training mode, ``requires_grad`` flags, the optimizer's state and
+    hyper-parameters, a gradient scaler's state, and the RNGs.
+    """
+
+    model_state: dict[str, torch.Tensor]
+    training_flags: list[bool]
+    requires_grad: list[bool]
+    grads: list[torch.Tensor | None]
+    optimizer_state: dict | None
+    scaler_state: dict | None
+    rng: RNGState
+
+    @classmethod
+    def capture(
+        cls,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scaler: Any = None,
+        *,
+        rng: bool = True,
+    ) -> TrainingSnapshot:
+        params = list(model.parameters())
+        return cls(
+            model_state=clone_state_dict(model),
+            training_flags=[m.training for m in model.modules()],
+            requires_grad=[p.requires_grad for p in params],
+            grads=[None if p.grad is None else p.grad.detach().clone() for p in params],
+            optimizer_state=_clone_tree(optimizer.state_dict()) if optimizer else None,
+            scaler_state=_clone_tree(scaler.state_dict()) if scaler is not None else None,
+            rng=RNGState.capture() if rng else RNGState(torch.empty(0), None, None, None),
+        )
+
+    def restore(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scaler: Any = None,
+        *,
+        rng: bool = True,
+    ) -> None:
+        with torch.no_grad():
+            # In-place copies: the optimizer keeps pointing at the same tensors.
+            model.load_state_dict(self.model_state)
+        for m, flag in zip(model.modules(), self.training_flags, strict=True):
+            m.training = flag
+        for p, flag, grad in zip(model.parameters(), self.requires_grad, self.grads, strict=True):
+            p.requires_grad_(flag)
+            p.grad = None if grad is None else grad.clone()
+        if optimizer is not None and self.optimizer_state is not None:
+            optimizer.load_state_dict(_clone_tree(self.optimizer_state))
+        if scaler is not None and self.scaler_state is not None:
+            scaler.load_state_dict(_clone_tree(self.scaler_state))
+        if rng and self.rng.python is not None:
+            self.rng.restore()

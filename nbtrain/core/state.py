@@ -1,0 +1,120 @@
+"""Dataclasses that cross the core's boundary: the live training state and its history."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbtrain.core.schedules import SGDRSchedule
+
+
+@dataclass
+class EpochRecord:
+    """One row of the per-epoch table."""
+
+    epoch: int
+    cycle: int
+    train_loss: float
+    valid_loss: float | None
+    metrics: dict[str, float]
+    seconds: float
+    lrs: tuple[float, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "epoch": self.epoch,
+            "cycle": self.cycle,
+            "train_loss": self.train_loss,
+            "valid_loss": self.valid_loss,
+        }
+        row.update(self.metrics)
+        row["seconds"] = self.seconds
+        return row
+
+
+@dataclass
+class Snapshot:
+    """An SGDR snapshot: the weights at the end of one cycle, kept on the CPU."""
+
+    cycle: int
+    epoch: int
+    valid_loss: float | None
+    metrics: dict[str, float]
+    state_dict: dict[str, Any] = field(repr=False)
+
+
+@dataclass
+class TrainState:
+    """What the loop knows at each event; views read it, only the loop writes it.
+
+    ``it`` counts finished iterations of this fit (0-based index of the current batch
+    while it runs), ``epoch`` and ``cycle`` are 0-based. ``lrs`` holds the rate of every
+    layer group for the current iteration. ``smooth_loss`` is the debiased exponential
+    moving average (beta 0.98) of the training loss.
+    """
+
+    schedule: SGDRSchedule
+    it: int = 0
+    epoch: int = 0
+    cycle: int = 0
+    batch: int = 0
+    lrs: tuple[float, ...] = ()
+    loss: float = math.nan
+    smooth_loss: float = math.nan
+    valid_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[EpochRecord] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    elapsed: float = 0.0
+    status: str = "running"  # running | done | stopped | interrupted | diverged | failed
+    message: str = ""
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def total_iters(self) -> int:
+        return self.schedule.total_iters
+
+    @property
+    def epochs(self) -> int:
+        return self.schedule.epochs
+
+    @property
+    def cycles(self) -> int:
+        return self.schedule.cycles
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, from the mean time per finished iteration (None before one)."""
+        if self.it <= 0:
+            return None
+        return self.elapsed / self.it * (self.total_iters - self.it)
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop at the next batch boundary (safe from any thread)."""
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+
+class SmoothedLoss:
+    """Debiased exponential moving average, as fastai and Lightning smooth the loss."""
+
+    def __init__(self, beta: float = 0.98) -> None:
+        self.beta = beta
+        self.count = 0
+        self._avg = 0.0
+
+    def update(self, value: float) -> float:
+        self.count += 1
+        self._avg = self.beta * self._avg + (1 - self.beta) * value
+        return self.value
+
+    @property
+    def value(self) -> float:
+        if self.count == 0:
+            return math.nan
+        return self._avg / (1 - self.beta**self.count)

@@ -1,0 +1,203 @@
+"""One optimisation step and one validation pass, shared by the fit loop and lr_find.
+
+Also the device and mixed-precision choices, and the interrupt guard that turns a
+kernel interrupt (SIGINT) into a stop at the next batch boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from nbtrain.core.groups import LayerGroup, set_batchnorm_modes
+
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose highest logit is the target class."""
+    return (logits.argmax(dim=-1) == targets).float().mean()
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def amp_dtype(device: torch.device, mixed_precision: bool | None) -> torch.dtype | None:
+    """Autocast dtype: bfloat16 (or float16) on CUDA by default, none on the CPU.
+
+    bfloat16 autocast on a CPU is slower than float32 on most CPUs, so it is used there
+    only when asked for (``mixed_precision=True``).
+    """
+    if mixed_precision is None:
+        mixed_precision = device.type == "cuda"
+    if not mixed_precision:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to(b, device) for b in batch)
+    return batch
+
+
+@dataclass
+class Stepper:
+    """Runs training steps and validation passes of one model with one optimizer.
+
+    ``lrs`` written by :meth:`train_step` go straight into the optimizer's param
+    groups: the param groups are the one place the rate lives.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    groups: Sequence[LayerGroup]
+    device: torch.device
+    dtype: torch.dtype | None = None
+    train_bn: bool = False
+    scaler: Any = None
+    metrics: Sequence[Metric] = field(default_factory=tuple)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def set_train_mode(self) -> None:
+        self.model.train()
+        set_batchnorm_modes(self.groups, training=True, train_bn=self.train_bn)
+
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+
+    def forward_loss(self, batch: Any) -> torch.Tensor:
+        xb, yb = _to(batch, self.device)
+        with self.autocast():
+            return self.loss_fn(self.model(xb), yb)
+
+    def train_step(self, batch: Any, lrs: Sequence[float], guard: InterruptGuard) -> float:
+        """Forward, backward and one optimizer step; returns the loss as a float.
+
+        A non-finite loss returns before the backward pass, so the weights are those
+        of the last finite step. The optimizer step runs inside ``guard.critical()``: a
+        kernel interrupt there waits until the step is whole.
+        """
+        self.set_lrs(lrs)
+        loss = self.forward_loss(batch)
+        value = loss.item()  # one sync per step; the smoothed loss and NaN check need it
+        if not math.isfinite(value):
+            return value
+        opt = self.optimizer
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            with guard.critical():
+                self.scaler.step(opt)
+                self.scaler.update()
+                opt.zero_grad(set_to_none=True)
+        else:
+            loss.backward()
+            with guard.critical():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        return value
+
+    def validate(self, loader: Any) -> tuple[float, dict[str, float]]:
+        """Mean loss and metrics over ``loader`` (weighted by batch size), in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        total, loss_sum = 0, torch.zeros((), dtype=torch.float64, device=self.device)
+        sums = [torch.zeros((), dtype=torch.float64, device=self.device) for _ in self.metrics]
+        try:
+            with torch.inference_mode(), self.autocast():
+                for batch in loader:
+                    xb, yb = _to(batch, self.device)
+                    out = self.model(xb).float()
+                    n = yb.shape[0]
+                    total += n
+                    loss_sum += self.loss_fn(out, yb).double() * n
+                    for i, metric in enumerate(self.metrics):
+                        sums[i] += metric(out, yb).double() * n
+        finally:
+            if was_training:
+                self.set_train_mode()
+        if total == 0:
+            return math.nan, {}
+        names = [getattr(m, "__name__", f"metric_{i}") for i, m in enumerate(self.metrics)]
+        return (loss_sum / total).item(), {
+            name: (s / total).item() for name, s in zip(names, sums, strict=True)
+        }
+
+
+class InterruptGuard:
+    """Turns SIGINT into a graceful stop while a loop runs in the main thread.
+
+    The first interrupt sets ``interrupted`` and asks the loop (``on_interrupt``) to stop
+    at the next batch boundary; a second one raises KeyboardInterrupt at once, except
+    inside :meth:`critical` (an optimizer step), where it is held back until the step
+    is whole. Outside the main thread (where signals cannot be caught) it does nothing.
+    """
+
+    def __init__(self, on_interrupt: Callable[[], None] | None = None) -> None:
+        self.on_interrupt = on_interrupt
+        self.interrupted = False
+        self._in_critical = False
+        self._pending = False
+        self._previous: Any = None
+        self._active = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if not self.interrupted:
+            self.interrupted = True
+            if self.on_interrupt is not None:
+                self.on_interrupt()
+            return
+        if self._in_critical:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> InterruptGuard:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handler)
+                self._active = True
+            except ValueError:  # pragma: no cover - e.g. an embedded interpreter
+                self._active = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._active:
+            signal.signal(signal.SIGINT, self._previous)
+            self._active = False
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        self._in_critical = True
+        try:
+            yield
+        finally:
+            self._in_critical = False
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
