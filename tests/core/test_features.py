@@ -1,0 +1,165 @@
+"""Precompute: a content-keyed cache of frozen-body activations."""
+
+import hashlib
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from nbtrain.core import Learner
+from nbtrain.core.features import BodyHead, FeatureCache
+from nbtrain.core.learner import PrecomputeWarning
+
+from .conftest import model_state, xor_data
+
+
+class TensorData:
+    """In-memory data that can key a cache, like ImageData does for files."""
+
+    def __init__(self, n=256, *, augment=False, bs=32):
+        self.train_ds, self.valid_ds = xor_data(n, seed=0), xor_data(128, seed=1)
+        self.bs, self.augment, self.size = bs, augment, 1
+
+    @property
+    def train(self):
+        return DataLoader(self.train_ds, batch_size=self.bs, shuffle=True)
+
+    @property
+    def fix(self):
+        return DataLoader(self.train_ds, batch_size=self.bs)
+
+    @property
+    def valid(self):
+        return DataLoader(self.valid_ds, batch_size=self.bs)
+
+    def file_signature(self, split):
+        ds = self.train_ds if split == "train" else self.valid_ds
+        return hashlib.sha256(ds.tensors[0].numpy().tobytes()).hexdigest()
+
+    def eval_signature(self):
+        return f"size={self.size}"
+
+    def set_size(self, size):
+        self.size = size
+
+
+class CountingBody(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                                 nn.Linear(32, 32), nn.ReLU())
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+def make_learner(tmp_path, data=None, **kw):
+    torch.manual_seed(0)
+    model = BodyHead(CountingBody(), nn.Linear(32, 2))
+    learn = Learner(model, data or TensorData(), layer_groups=[model.body.net[:2],
+                    model.body.net[2:], model.head], device="cpu", path=tmp_path, **kw)
+    learn.feature_cache = FeatureCache(tmp_path / "cache")
+    learn.freeze()
+    return learn
+
+
+def test_head_trains_on_cached_activations_and_body_stays(tmp_path):
+    learn = make_learner(tmp_path)
+    learn.precompute = True
+    assert learn.uses_cache
+    before = model_state(learn.model.body)
+    untrained = learn.validate()["loss"]
+    learn.fit_cycles(0.5, cycles=2)
+    feats = learn.feature_cache.last
+    assert feats.train_x.shape == (256, 32) and feats.valid_x.shape == (128, 32)
+    assert learn.feature_cache.misses == 1
+    calls = learn.model.body.calls
+    learn.fit_cycles(0.5)  # memory hit: no body forward at all
+    assert learn.model.body.calls == calls and learn.feature_cache.last.source == "memory"
+    after = model_state(learn.model.body)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert learn.validate()["loss"] < untrained * 0.9
+
+
+def test_precompute_changes_speed_not_results(tmp_path):
+    results = []
+    for precompute in (False, True):
+        learn = make_learner(tmp_path / str(precompute))
+        learn.precompute = precompute
+        learn.fit_cycles(0.5, cycles=2, seed=3)
+        results.append(model_state(learn.model.head))
+    for k in results[0]:
+        assert torch.allclose(results[0][k], results[1][k], atol=1e-5), k
+
+
+def test_second_learner_reads_the_disk_cache_without_a_body_pass(tmp_path):
+    first = make_learner(tmp_path)
+    first.precompute = True
+    first.features()
+    assert (tmp_path / "cache").exists() and len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    second = make_learner(tmp_path)
+    second.precompute = True
+    calls = second.model.body.calls
+    feats = second.features()
+    assert feats.source == "disk" and second.model.body.calls == calls
+    assert torch.equal(feats.train_x, first.feature_cache.last.train_x)
+
+
+def test_any_change_means_recomputing(tmp_path):
+    learn = make_learner(tmp_path)
+    learn.precompute = True
+    key = learn.features().key
+    learn.set_size(2)  # eval transform / size
+    assert learn.features().key != key and learn.feature_cache.misses == 2
+    with torch.no_grad():
+        learn.model.body.net[0].weight[0, 0] += 1e-3  # body weights
+    assert learn.features().source == "computed" and learn.feature_cache.misses == 3
+    learn.data.train_ds = xor_data(256, seed=9)  # the files
+    assert learn.features().source == "computed" and learn.feature_cache.misses == 4
+    learn.model.body.net[1].running_mean += 0.1  # buffers count too
+    assert learn.features().source == "computed" and learn.feature_cache.misses == 5
+
+
+def test_unfreezing_goes_back_to_images(tmp_path):
+    learn = make_learner(tmp_path)
+    learn.precompute = True
+    learn.unfreeze()
+    assert learn.precompute and not learn.uses_cache
+    calls = learn.model.body.calls
+    learn.fit_cycles(0.1)
+    assert learn.model.body.calls > calls + 8  # one call per batch: images went through
+    learn.freeze()
+    assert learn.uses_cache
+    learn.precompute = False
+    assert not learn.uses_cache
+
+
+def test_augmentation_with_precompute_warns(tmp_path):
+    learn = make_learner(tmp_path, data=TensorData(augment=True))
+    learn.precompute = True
+    with pytest.warns(PrecomputeWarning, match="augmentation has no effect"):
+        learn.fit_cycles(0.1)
+
+
+def test_precompute_needs_a_body_and_head(tmp_path, data):
+    learn = Learner(nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 2)), data, device="cpu")
+    with pytest.raises(ValueError, match="not a body \\+ head"):
+        learn.precompute = True
+    assert learn.precompute is False
+    model = BodyHead(CountingBody(), nn.Linear(32, 2))
+    learn = Learner(model, data, device="cpu")
+    with pytest.raises(ValueError, match="no fix, file_signature, eval_signature"):
+        learn.precompute = True
+
+
+def test_read_only_cache_folder_still_works(tmp_path):
+    learn = make_learner(tmp_path)
+    blocker = tmp_path / "blocked"
+    blocker.write_text("a file where the cache folder should be")
+    learn.feature_cache = FeatureCache(blocker / "cache")
+    learn.precompute = True
+    assert learn.features().source == "computed"
+    learn.fit_cycles(0.1)
