@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import os
 import socket
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -209,8 +210,10 @@ def _resolve_arch(arch: str) -> tuple[str, str]:
 
 
 def _timm_model(arch: str, name: str, *, pretrained: bool) -> nn.Module:
-    if pretrained and not _timm_weights_cached(name):
-        _require_network(arch, "huggingface.co")
+    if pretrained:
+        cached, host = _timm_weights_cached(name)
+        if not cached:
+            _require_network(arch, host)
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=0)
     except Exception as exc:  # hub and URL errors come in many types
@@ -219,22 +222,24 @@ def _timm_model(arch: str, name: str, *, pretrained: bool) -> nn.Module:
         raise _download_error(arch, exc) from None
 
 
-def _timm_weights_cached(name: str) -> bool:
+def _timm_weights_cached(name: str) -> tuple[bool, str]:
+    """Whether timm's weights for ``name`` are on disk, and the host they would come from."""
     try:
         import huggingface_hub
         from timm.models import get_pretrained_cfg
 
         cfg = get_pretrained_cfg(name)
-        if cfg is None:
-            return False
-        if cfg.hf_hub_id:
-            return any(
+        if cfg is not None and cfg.hf_hub_id:
+            cached = any(
                 isinstance(huggingface_hub.try_to_load_from_cache(cfg.hf_hub_id, file), str)
                 for file in ("model.safetensors", "pytorch_model.bin")
             )
-        return bool(cfg.url) and _in_torch_hub_cache(cfg.url)
-    except Exception:  # an unexpected layout: let timm decide
-        return True
+            return cached, "huggingface.co"
+        if cfg is not None and cfg.url:
+            return _in_torch_hub_cache(cfg.url), urllib.parse.urlparse(cfg.url).hostname or ""
+    except Exception:  # an unexpected timm or hub layout: let timm decide
+        pass
+    return True, ""
 
 
 def _timm_width(model: nn.Module) -> int:
