@@ -130,6 +130,7 @@ class Learner:
         self.model_dir = "models"
         self._running: TrainState | None = None
         self._precompute = False
+        self._told_augment = False
         self.feature_cache = FeatureCache()
 
     @classmethod
@@ -337,9 +338,9 @@ class Learner:
         weights are kept in ``learn.snapshots``.
         """
         schedule = self.plan(lr, cycles, cycle_len, cycle_mult)
-        if seed is not None:
-            seed_everything(seed)
-        if self.uses_cache and getattr(self.data, "augment", False):
+        self._seed(seed)
+        if self.uses_cache and getattr(self.data, "augment", False) and not self._told_augment:
+            self._told_augment = True  # once per learner: the checklist starts this way
             warnings.warn(
                 "precompute is on, so the head trains on cached activations of "
                 "un-augmented images and augmentation has no effect; set "
@@ -367,6 +368,14 @@ class Learner:
             self._running = None
             for undo in unsubscribe:
                 undo()
+
+    def _seed(self, seed: int | None) -> None:
+        if seed is None:
+            return
+        seed_everything(seed)
+        reseed = getattr(self.data, "reseed", None)
+        if reseed is not None:  # data with its own generator (e.g. ImageData's shuffling)
+            reseed(seed)
 
     def request_stop(self) -> bool:
         """Stop the running fit at the next batch boundary; False if none is running."""

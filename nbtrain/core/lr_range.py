@@ -242,6 +242,9 @@ def run_lr_range(
     schedule = sweep_lrs(start, end, iters)
     model, opt = stepper.model, stepper.optimizer
     saved = TrainingSnapshot.capture(model, opt, stepper.scaler)
+    # A loader with its own generator (seeded shuffling) is RNG state too.
+    generator = getattr(train, "generator", None)
+    generator_state = generator.get_state() if isinstance(generator, torch.Generator) else None
     lrs: list[float] = []
     group_lrs: list[tuple[float, ...]] = []
     smoothed: list[float] = []
@@ -281,6 +284,8 @@ def run_lr_range(
     finally:
         batches.close()  # shuts a DataLoader's workers down now, not at garbage collection
         saved.restore(model, opt, stepper.scaler)
+        if generator_state is not None:
+            generator.set_state(generator_state)
     if reason == "interrupted":
         raise KeyboardInterrupt("lr_find interrupted; the model and optimizer are as before")
     return LRRangeResult(

@@ -115,6 +115,33 @@ def train_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v
     )
 
 
+TTA_VIEWS = ("center", "flip", "top-left", "top-right", "bottom-left", "bottom-right")
+
+
+class _TTACrop:
+    """One deterministic test-time view: resize the shorter side as the eval transform does,
+    then the center crop (plain or mirrored) or one corner crop. A class, not a lambda, so
+    DataLoader workers can pickle it."""
+
+    def __init__(self, size: int, view: str):
+        if view not in TTA_VIEWS:
+            raise ValueError(f"TTA view must be one of {TTA_VIEWS}, got {view!r}")
+        self.size, self.view = size, view
+
+    def __call__(self, img):
+        img = v2.functional.resize(img, _resize_size(self.size), antialias=True)
+        if self.view in ("center", "flip"):
+            img = v2.functional.center_crop(img, [self.size, self.size])
+            return v2.functional.horizontal_flip(img) if self.view == "flip" else img
+        corners = v2.functional.five_crop(img, [self.size, self.size])[:4]
+        return corners[TTA_VIEWS.index(self.view) - 2]
+
+
+def tta_transform(size: int, mean: Sequence[float], std: Sequence[float], view: str) -> v2.Compose:
+    """The eval transform with the crop of one test-time view (see ``TTA_VIEWS``)."""
+    return v2.Compose([_TTACrop(size, view), *_to_normalized_tensor(mean, std)])
+
+
 def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
     return [
         v2.ToImage(),
@@ -502,6 +529,42 @@ class ImageData:
         draft = _resize_size(self.size)
         return ImageDataset(self.train_items, self.eval_transform(), draft_size=draft)
 
+    def tta_loaders(self) -> list[DataLoader]:
+        """Validation loaders for test-time augmentation, one per view in ``TTA_VIEWS``:
+        center, mirrored center, and the four corner crops, each in file order."""
+        draft = _resize_size(self.size)
+        return [
+            self._plain_loader(
+                ImageDataset(self.valid_items, tta_transform(self.size, self.mean, self.std, v),
+                             draft_size=draft)
+            )
+            for v in TTA_VIEWS
+        ]
+
+    def prepare(self, item) -> torch.Tensor:
+        """One image (a path, a PIL image, or an HWC uint8 array) as the model's input: RGB,
+        eval transform, ``(3, size, size)`` float tensor."""
+        if isinstance(item, str | os.PathLike):
+            path = Path(item)
+            if not path.is_file():
+                raise FileNotFoundError(f"no image file at {path}")
+            with Image.open(path) as img:
+                rgb = _to_rgb(img)
+        elif isinstance(item, Image.Image):
+            rgb = _to_rgb(item)
+        elif isinstance(item, np.ndarray):
+            rgb = _to_rgb(Image.fromarray(item))
+        else:
+            raise ValueError(f"expected an image path, PIL image or array, got {type(item).__name__}")
+        return self.eval_transform()(rgb).as_subclass(torch.Tensor)
+
+    def reseed(self, seed: int) -> ImageData:
+        """Restart shuffling and augmentation from ``seed`` (the loaders are rebuilt, so
+        their workers' random streams restart too). Returns ``self``."""
+        self.seed = int(seed)
+        self._loaders.clear()
+        return self
+
     # ----------------------------------------------------------------- loaders
     @property
     def train(self) -> DataLoader:
@@ -525,6 +588,11 @@ class ImageData:
         if name not in self._loaders:
             self._loaders[name] = self._make_loader(name)
         return self._loaders[name]
+
+    def _plain_loader(self, dataset: Dataset) -> DataLoader:
+        """An ordered, non-persistent loader (for one-off passes such as TTA views)."""
+        return DataLoader(dataset, batch_size=self.bs, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available())
 
     def _make_loader(self, name: str) -> DataLoader:
         dataset = {"train": self.train_ds, "valid": self.valid_ds, "fix": self.fix_ds}[name]
