@@ -56,14 +56,17 @@ def main() -> None:
     n = args.bs * args.batches
     x = torch.randn(n, 3, args.size, args.size)
     y = torch.randint(0, 2, (n,))
-    loader = DataLoader(TensorDataset(x, y), batch_size=args.bs, shuffle=True)
 
     def make_model():
         torch.manual_seed(0)
         return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=2)
 
-    hand_model = make_model()
+    # nbtrain keeps conv nets channels-last by default; the hand-written loop does the same
+    # so that only the loops differ.
+    hand_model = make_model().to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     hand_opt = torch.optim.SGD(hand_model.parameters(), lr=0.01, momentum=0.9)
+    loader = DataLoader(TensorDataset(x, y), batch_size=args.bs, shuffle=True)
     loss_fn = nn.CrossEntropyLoss()
     learn = Learner(make_model(), (loader, None), device="cpu")
     learn.unfreeze()

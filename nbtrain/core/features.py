@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from nbtrain.core.stepper import to_device
+
 
 def default_cache_dir() -> Path:
     """``$NBTRAIN_CACHE``, else ``$XDG_CACHE_HOME/nbtrain``, else ``~/.cache/nbtrain``."""
@@ -103,6 +105,7 @@ class FeatureCache:
         parts: dict[str, str],
         device: torch.device,
         autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        channels_last: bool = False,
     ) -> Features:
         """The features for ``(body, parts)``: from memory, from disk, or computed now.
 
@@ -119,9 +122,10 @@ class FeatureCache:
         else:
             self.misses += 1
             t0 = time.perf_counter()
-            train_x, train_y = extract(body, fix, device=device, autocast=autocast)
+            kw = {"device": device, "autocast": autocast, "channels_last": channels_last}
+            train_x, train_y = extract(body, fix, **kw)
             valid_x, valid_y = (
-                extract(body, valid, device=device, autocast=autocast)
+                extract(body, valid, **kw)
                 if valid is not None
                 else (None, None)
             )
@@ -180,6 +184,7 @@ def extract(
     *,
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``body`` in eval and inference mode over ``loader``; float32 CPU outputs.
 
@@ -193,7 +198,7 @@ def extract(
     try:
         with torch.random.fork_rng(devices=devices), torch.inference_mode(), autocast():
             for xb, yb in loader:
-                out = body(xb.to(device, non_blocking=True))
+                out = body(to_device(xb, device, channels_last=channels_last))
                 xs.append(out.float().cpu())
                 ys.append(yb.cpu())
     finally:

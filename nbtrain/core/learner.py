@@ -23,7 +23,15 @@ from nbtrain.core.loop import fit
 from nbtrain.core.lr_range import LRRangeResult, run_lr_range
 from nbtrain.core.schedules import SGDRSchedule, resolve_lrs
 from nbtrain.core.state import EpochRecord, Snapshot, TrainState
-from nbtrain.core.stepper import Metric, Stepper, accuracy, amp_dtype, default_device
+from nbtrain.core.stepper import (
+    Metric,
+    Stepper,
+    accuracy,
+    amp_dtype,
+    default_device,
+    has_conv2d,
+    to_device,
+)
 
 LR = float | Sequence[float] | slice
 
@@ -87,6 +95,9 @@ class Learner:
     train_bn
         Keep BatchNorm of frozen groups in training mode (fastai v2); default False:
         frozen groups' running statistics stay untouched (fastai 0.7).
+    channels_last
+        Keep conv weights and image batches channels-last (NHWC); default: on for
+        models with 2-d convolutions, where oneDNN (CPU) and cuDNN run faster in it.
     path
         Folder for checkpoints (``path/models/NAME.pth``); default: the current folder
         (the data's folder may be read-only).
@@ -105,6 +116,7 @@ class Learner:
         device: str | torch.device | None = None,
         mixed_precision: bool | None = None,
         train_bn: bool = False,
+        channels_last: bool | None = None,
         path: str | os.PathLike | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -113,7 +125,10 @@ class Learner:
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cpu":
             tune_cpu()  # keeps freed memory: 1.4-2x steadier, faster CPU epochs
+        self.channels_last = has_conv2d(model) if channels_last is None else bool(channels_last)
         self.model = model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.groups = G.make_groups(self.model, layer_groups)
         self.loss_fn = loss or nn.CrossEntropyLoss()
         self.metrics = tuple(metrics)
@@ -253,10 +268,12 @@ class Learner:
             "valid": data.file_signature("valid"),
             "transform": data.eval_signature(),
             "dtype": str(self.dtype),
+            "channels_last": str(self.channels_last),
         }
         return self.feature_cache.get(
             self.model.body, fix=data.fix, valid=data.valid, parts=parts,
             device=self.device, autocast=self._stepper().autocast,
+            channels_last=self.channels_last,
         )
 
     # ---- training -----------------------------------------------------------------
@@ -271,6 +288,7 @@ class Learner:
             train_bn=self.train_bn,
             scaler=self.scaler,
             metrics=self.metrics,
+            channels_last=self.channels_last,
         )
 
     def _training_inputs(self) -> tuple[nn.Module, Any, Any]:
@@ -465,7 +483,8 @@ class Learner:
         try:
             with torch.inference_mode(), stepper.autocast():
                 for xb, yb in loader:
-                    out = self.model(xb.to(self.device, non_blocking=True)).float()
+                    x = to_device(xb, self.device, channels_last=self.channels_last)
+                    out = self.model(x).float()
                     probs.append(out.softmax(dim=-1).cpu())
                     targets.append(yb.cpu())
         finally:
@@ -483,7 +502,8 @@ class Learner:
         self.model.eval()
         try:
             with torch.inference_mode(), self._stepper().autocast():
-                out = self.model(x.unsqueeze(0).to(self.device)).float()
+                batch = to_device(x.unsqueeze(0), self.device, channels_last=self.channels_last)
+                out = self.model(batch).float()
         finally:
             self.model.train(was_training)
         probs = out.softmax(dim=-1)[0].cpu()

@@ -52,12 +52,20 @@ def amp_dtype(device: torch.device, mixed_precision: bool | None) -> torch.dtype
     return torch.bfloat16
 
 
-def _to(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device, *, channels_last: bool = False) -> Any:
+    """Move a batch (tensors, or tuples/lists of them) to ``device``; image batches
+    (4-d floating tensors) go channels-last when asked, to match the model."""
     if isinstance(batch, torch.Tensor):
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, list | tuple):
-        return type(batch)(_to(b, device) for b in batch)
+        return type(batch)(to_device(b, device, channels_last=channels_last) for b in batch)
     return batch
+
+
+def has_conv2d(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 @dataclass
@@ -77,6 +85,7 @@ class Stepper:
     train_bn: bool = False
     scaler: Any = None
     metrics: Sequence[Metric] = field(default_factory=tuple)
+    channels_last: bool = False
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -92,7 +101,7 @@ class Stepper:
             group["lr"] = lr
 
     def forward_loss(self, batch: Any) -> torch.Tensor:
-        xb, yb = _to(batch, self.device)
+        xb, yb = to_device(batch, self.device, channels_last=self.channels_last)
         with self.autocast():
             return self.loss_fn(self.model(xb), yb)
 
@@ -131,7 +140,7 @@ class Stepper:
         try:
             with torch.inference_mode(), self.autocast():
                 for batch in loader:
-                    xb, yb = _to(batch, self.device)
+                    xb, yb = to_device(batch, self.device, channels_last=self.channels_last)
                     out = self.model(xb).float()
                     n = yb.shape[0]
                     total += n
