@@ -201,16 +201,20 @@ def param_groups(groups: Sequence[LayerGroup], lrs: Sequence[float]) -> list[dic
 
 
 def set_batchnorm_modes(
-    groups: Sequence[LayerGroup], *, training: bool, train_bn: bool = False
+    groups: Sequence[LayerGroup], *, training: bool, train_bn: bool = False, freeze_all: bool = False
 ) -> None:
     """Put BatchNorm of frozen groups in eval mode (running statistics untouched).
 
     Called after ``model.train()``. With ``train_bn=True`` BatchNorm layers of frozen
     groups keep training mode (fastai v2's default); their affine weights stay frozen.
+    With ``freeze_all=True`` every BatchNorm layer uses and keeps its running statistics,
+    trainable groups included (fastai 0.7's ``bn_freeze``): fine-tuning a pretrained
+    body on small batches of a small data set can otherwise drag those statistics away
+    from what the body was trained with.
     """
-    if not training or train_bn:
+    if not training:
         return
     for group in groups:
-        if not group.trainable:
+        if freeze_all or (not group.trainable and not train_bn):
             for bn in group.batchnorms():
                 bn.eval()

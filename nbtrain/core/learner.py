@@ -133,6 +133,7 @@ class Learner:
         self.loss_fn = loss or nn.CrossEntropyLoss()
         self.metrics = tuple(metrics)
         self.train_bn = train_bn
+        self.bn_frozen = False
         self.dtype = amp_dtype(self.device, mixed_precision)
         self.scaler = (
             torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
@@ -213,6 +214,12 @@ class Learner:
             raise ValueError(f"no layer group {group!r}; groups are 0..{self.n_groups - 1}")
         G.set_trainable(self.groups[group], bool(trainable))
 
+    def bn_freeze(self, frozen: bool = True) -> None:
+        """Keep every BatchNorm layer's running statistics fixed, trainable groups too
+        (fastai 0.7's ``bn_freeze``). Useful when fine-tuning a pretrained body on small
+        batches: updating the statistics from them can cost more than training gains."""
+        self.bn_frozen = bool(frozen)
+
     def resolve_lrs(self, lr: LR) -> tuple[float, ...]:
         """One rate per layer group (see :func:`nbtrain.core.schedules.resolve_lrs`)."""
         return resolve_lrs(lr, self.n_groups)
@@ -289,6 +296,7 @@ class Learner:
             scaler=self.scaler,
             metrics=self.metrics,
             channels_last=self.channels_last,
+            freeze_bn=self.bn_frozen,
         )
 
     def _training_inputs(self) -> tuple[nn.Module, Any, Any]:

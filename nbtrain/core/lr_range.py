@@ -39,12 +39,18 @@ def _trim(lrs: Sequence[float], losses: Sequence[float]) -> tuple[list[float], l
     return list(lrs[lo:hi]), list(losses[lo:hi])
 
 
-def suggest_valley(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
-    """The middle of the longest stretch over which the loss keeps falling.
+def suggest_valley(
+    lrs: Sequence[float], losses: Sequence[float], *, clear_drop: float = 0.1
+) -> float | None:
+    """The middle of the stretch over which the loss clearly keeps falling.
 
-    Finds the longest decreasing subsequence of the smoothed losses (fastai v2's
-    default rule) and returns the rate about half-way down it: well past the flat
-    start, well before the minimum where the loss turns. This is nbtrain's default.
+    fastai v2's default rule finds the longest decreasing subsequence of the smoothed
+    losses (the valley) and returns the rate about half-way down it. nbtrain's version
+    first drops the valley's flat start, up to where the loss has fallen by
+    ``clear_drop`` of the valley's whole fall: on a clean curve (a head on cached
+    activations, no augmentation) tiny rates still lower the loss a little at every
+    step, the valley then starts at the first points, and fastai's rule lands in the
+    flat part, an order of magnitude too low. ``clear_drop=0`` is fastai's rule.
     """
     xs, ys = _trim(lrs, losses)
     n = len(ys)
@@ -60,6 +66,9 @@ def suggest_valley(lrs: Sequence[float], losses: Sequence[float]) -> float | Non
         if length[i] > length[best_end]:
             best_end = i
     start = first[best_end]
+    fall = ys[start] - ys[best_end]
+    while start < best_end and ys[start] > ys[first[best_end]] - clear_drop * fall:
+        start += 1
     third = (best_end - start) / 3
     return xs[start + int(third) + int(third / 2)]
 

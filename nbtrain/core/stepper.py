@@ -86,6 +86,7 @@ class Stepper:
     scaler: Any = None
     metrics: Sequence[Metric] = field(default_factory=tuple)
     channels_last: bool = False
+    freeze_bn: bool = False
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -94,7 +95,9 @@ class Stepper:
 
     def set_train_mode(self) -> None:
         self.model.train()
-        set_batchnorm_modes(self.groups, training=True, train_bn=self.train_bn)
+        set_batchnorm_modes(
+            self.groups, training=True, train_bn=self.train_bn, freeze_all=self.freeze_bn
+        )
 
     def set_lrs(self, lrs: Sequence[float]) -> None:
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):

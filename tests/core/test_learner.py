@@ -244,3 +244,17 @@ def test_core_imports_no_notebook_libraries():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bn_freeze_keeps_running_statistics_in_trainable_groups(learn):
+    learn.unfreeze()
+    learn.bn_freeze()
+    before = model_state(learn.model)
+    learn.fit_cycles(0.1)
+    after = model_state(learn.model)
+    stats = [k for k in before if "running" in k or "num_batches" in k]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    assert not torch.equal(before["0.0.weight"], after["0.0.weight"])  # still trains
+    learn.bn_freeze(False)
+    learn.fit_cycles(0.1)
+    assert not torch.equal(after["0.1.running_mean"], model_state(learn.model)["0.1.running_mean"])

@@ -63,6 +63,19 @@ def test_suggestion_rules_on_a_made_up_curve():
     assert slide is not None and lrs[10] <= slide <= lrs[94]
 
 
+def test_valley_skips_a_flat_start_that_still_creeps_down():
+    # Flat but creeping down for 50 points, then a clear fall, then a rise.
+    n = 100
+    lrs = [1e-7 * 1e8 ** (i / (n - 1)) for i in range(n)]
+    losses = [0.7 - 0.0002 * i for i in range(50)]
+    losses += [losses[-1] - 0.4 * (i / 30) for i in range(1, 31)]
+    losses += [losses[-1] + 0.05 * i for i in range(1, 21)]
+    ours = suggest_valley(lrs, losses)
+    fastai = suggest_valley(lrs, losses, clear_drop=0.0)
+    assert lrs[52] <= ours <= lrs[75]  # inside the clear fall
+    assert fastai < lrs[50]  # fastai's rule lands in the flat part
+
+
 def test_suggestions_ignore_the_part_after_a_nan_and_need_points():
     lrs, losses = synthetic_curve()
     cut = losses[:60] + [math.nan] * 40
