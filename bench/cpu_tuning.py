@@ -89,19 +89,25 @@ def main() -> None:
                 env.pop("NBTRAIN_KEEP_MALLOC", None)
             proc = subprocess.run(
                 [sys.executable, __file__, "--child", "--steps", str(args.steps)],
-                env=env, capture_output=True, text=True, check=True,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
             figures = json.loads(line[7:])
             for k, v in figures.items():
                 results[name].setdefault(k, []).append(v)
-            print(f"round {r + 1} {name}: "
-                  + ", ".join(f"{k} {v:.3f} s" for k, v in figures.items()), flush=True)
+            print(
+                f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.3f} s" for k, v in figures.items()),
+                flush=True,
+            )
     base = {k: statistics.median(v) for k, v in results["glibc default"].items()}
     for name, figures in results.items():
         med = {k: statistics.median(v) for k, v in figures.items()}
-        print(f"{name:28s} " + "; ".join(
-            f"{k} {med[k]:.3f} s ({base[k] / med[k]:.2f}x)" for k in med))
+        print(
+            f"{name:28s} " + "; ".join(f"{k} {med[k]:.3f} s ({base[k] / med[k]:.2f}x)" for k in med)
+        )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,10 @@ def main() -> None:
     learn = Learner(make_model(), (loader, None), device="cpu")
     learn.unfreeze()
 
-    print(f"machine: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     print(f"data: {n} random images at {args.size} px, batch {args.bs}, {args.batches} batches")
     # warm-up: one epoch each (allocator, kernels)
     hand_written_epoch(hand_model, loader, hand_opt, 0.01, loss_fn)
@@ -109,8 +111,10 @@ def main() -> None:
             if done == steps:
                 break
     plain_s = time.perf_counter() - t0
-    print(f"lr_find, {steps} iterations: {find_s:.2f} s; {steps} plain steps: {plain_s:.2f} s; "
-          f"ratio {find_s / plain_s:.3f} (target <= 1.10)")
+    print(
+        f"lr_find, {steps} iterations: {find_s:.2f} s; {steps} plain steps: {plain_s:.2f} s; "
+        f"ratio {find_s / plain_s:.3f} (target <= 1.10)"
+    )
     m_ours, m_hand = statistics.median(ours), statistics.median(hand)
     print(f"median s/epoch: nbtrain {m_ours:.3f}, hand-written {m_hand:.3f}")
     print(f"epoch time ratio nbtrain/hand-written: {m_ours / m_hand:.3f} (target <= 1.02)")

@@ -51,23 +51,29 @@ def main() -> None:
 
     learn = learner()
     n_train, n_valid = len(learn.data.train_items), len(learn.data.valid_items)
-    print(f"data: {args.data}: {n_train} train / {n_valid} valid images at {args.size} px, "
-          f"batch {args.bs}, {torch.get_num_threads()} threads, device {learn.device}")
+    print(
+        f"data: {args.data}: {n_train} train / {n_valid} valid images at {args.size} px, "
+        f"batch {args.bs}, {torch.get_num_threads()} threads, device {learn.device}"
+    )
 
     frozen = []
     for _ in range(args.epochs):
         state = learn.fit_cycles(1e-3)
         frozen.append(state.history[-1].seconds)
     frozen_s = min(frozen)
-    print(f"frozen-body epoch over images (train + valid): {', '.join(f'{s:.2f}' for s in frozen)}"
-          f" s -> {frozen_s:.2f} s")
+    print(
+        f"frozen-body epoch over images (train + valid): {', '.join(f'{s:.2f}' for s in frozen)}"
+        f" s -> {frozen_s:.2f} s"
+    )
 
     learn.precompute = True
     t0 = time.perf_counter()
     feats = learn.features()
     build_s = time.perf_counter() - t0
-    print(f"cache build ({feats.train_x.shape[0]} + {feats.valid_x.shape[0]} images, "
-          f"{feats.nbytes / 1e6:.1f} MB): {build_s:.2f} s = {build_s / frozen_s:.2f} frozen epochs")
+    print(
+        f"cache build ({feats.train_x.shape[0]} + {feats.valid_x.shape[0]} images, "
+        f"{feats.nbytes / 1e6:.1f} MB): {build_s:.2f} s = {build_s / frozen_s:.2f} frozen epochs"
+    )
 
     learn.fit_cycles(1e-2)  # warm-up
     cached = [learn.fit_cycles(1e-2).history[-1].seconds for _ in range(20)]
@@ -82,11 +88,15 @@ def main() -> None:
     t0 = time.perf_counter()
     again = fresh.features()
     hook.remove()
-    print(f"second learner: features from {again.source} in {time.perf_counter() - t0:.3f} s, "
-          f"{len(calls)} body forward passes")
-    print(f"cached head epoch is {frozen_s / cached_s:.0f}x faster than a frozen epoch over "
-          f"images (target >= 300x); cache build = {build_s / frozen_s:.2f} frozen epochs "
-          f"(target <= 1)")
+    print(
+        f"second learner: features from {again.source} in {time.perf_counter() - t0:.3f} s, "
+        f"{len(calls)} body forward passes"
+    )
+    print(
+        f"cached head epoch is {frozen_s / cached_s:.0f}x faster than a frozen epoch over "
+        f"images (target >= 300x); cache build = {build_s / frozen_s:.2f} frozen epochs "
+        f"(target <= 1)"
+    )
 
 
 if __name__ == "__main__":

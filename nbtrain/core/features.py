@@ -124,13 +124,10 @@ class FeatureCache:
             t0 = time.perf_counter()
             kw = {"device": device, "autocast": autocast, "channels_last": channels_last}
             train_x, train_y = extract(body, fix, **kw)
-            valid_x, valid_y = (
-                extract(body, valid, **kw)
-                if valid is not None
-                else (None, None)
+            valid_x, valid_y = extract(body, valid, **kw) if valid is not None else (None, None)
+            feats = Features(
+                train_x, train_y, valid_x, valid_y, key, "computed", time.perf_counter() - t0
             )
-            feats = Features(train_x, train_y, valid_x, valid_y, key, "computed",
-                             time.perf_counter() - t0)
             self._memory[key] = feats
             self._write(feats)
         self.last = feats
@@ -152,8 +149,9 @@ class FeatureCache:
             return None
         try:
             d = torch.load(path, map_location="cpu", weights_only=True)
-            return Features(d["train_x"], d["train_y"], d.get("valid_x"), d.get("valid_y"),
-                            key, "disk")
+            return Features(
+                d["train_x"], d["train_y"], d.get("valid_x"), d.get("valid_y"), key, "disk"
+            )
         except Exception:  # a damaged entry is recomputed, never trusted
             path.unlink(missing_ok=True)
             return None
@@ -167,8 +165,12 @@ class FeatureCache:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
             with os.fdopen(fd, "wb") as f:
                 torch.save(
-                    {"train_x": feats.train_x, "train_y": feats.train_y,
-                     "valid_x": feats.valid_x, "valid_y": feats.valid_y},
+                    {
+                        "train_x": feats.train_x,
+                        "train_y": feats.train_y,
+                        "valid_x": feats.valid_x,
+                        "valid_y": feats.valid_y,
+                    },
                     f,
                 )
             os.replace(tmp, path)

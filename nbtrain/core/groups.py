@@ -157,7 +157,10 @@ def default_groups(model: nn.Module) -> list[LayerGroup]:
     ]
     head_group = LayerGroup("head", head_params, [head])
     if len(parts) < 2:
-        return [LayerGroup("body", [p for p in body_params if id(p) in in_body], [body]), head_group]
+        return [
+            LayerGroup("body", [p for p in body_params if id(p) in in_body], [body]),
+            head_group,
+        ]
     cut = _split_by_size(parts)
     early, late = parts[:cut], parts[cut:]
     late_params = [p for m in late for p in m.parameters()]
@@ -195,13 +198,16 @@ def param_groups(groups: Sequence[LayerGroup], lrs: Sequence[float]) -> list[dic
     if len(lrs) != len(groups):
         raise ValueError(f"got {len(lrs)} learning rates for {len(groups)} layer groups")
     return [
-        {"params": g.params, "lr": lr, "name": g.name}
-        for g, lr in zip(groups, lrs, strict=True)
+        {"params": g.params, "lr": lr, "name": g.name} for g, lr in zip(groups, lrs, strict=True)
     ]
 
 
 def set_batchnorm_modes(
-    groups: Sequence[LayerGroup], *, training: bool, train_bn: bool = False, freeze_all: bool = False
+    groups: Sequence[LayerGroup],
+    *,
+    training: bool,
+    train_bn: bool = False,
+    freeze_all: bool = False,
 ) -> None:
     """Put BatchNorm of frozen groups in eval mode (running statistics untouched).
 

@@ -135,9 +135,7 @@ class Learner:
         self.train_bn = train_bn
         self.bn_frozen = False
         self.dtype = amp_dtype(self.device, mixed_precision)
-        self.scaler = (
-            torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
-        )
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         self.opt = opt_func(G.param_groups(self.groups, [1e-3] * len(self.groups)), wd=wd)
         self.events = Events()
         self.fits: list[TrainState] = []
@@ -208,8 +206,10 @@ class Learner:
 
     def set_trainable(self, group: int, trainable: bool) -> None:
         """Freeze or unfreeze one group, leaving the others as they are."""
-        if isinstance(group, bool) or not isinstance(group, int) or not (
-            -self.n_groups <= group < self.n_groups
+        if (
+            isinstance(group, bool)
+            or not isinstance(group, int)
+            or not (-self.n_groups <= group < self.n_groups)
         ):
             raise ValueError(f"no layer group {group!r}; groups are 0..{self.n_groups - 1}")
         G.set_trainable(self.groups[group], bool(trainable))
@@ -278,8 +278,12 @@ class Learner:
             "channels_last": str(self.channels_last),
         }
         return self.feature_cache.get(
-            self.model.body, fix=data.fix, valid=data.valid, parts=parts,
-            device=self.device, autocast=self._stepper().autocast,
+            self.model.body,
+            fix=data.fix,
+            valid=data.valid,
+            parts=parts,
+            device=self.device,
+            autocast=self._stepper().autocast,
             channels_last=self.channels_last,
         )
 
@@ -315,7 +319,9 @@ class Learner:
         try:
             n = len(train)
         except TypeError:
-            raise ValueError("the training loader has no length; SGDR needs batches per epoch") from None
+            raise ValueError(
+                "the training loader has no length; SGDR needs batches per epoch"
+            ) from None
         if n == 0:
             raise ValueError("the training loader is empty")
         return n
@@ -387,8 +393,13 @@ class Learner:
         self._running = state
         try:
             return fit(
-                self._stepper(model), train, valid, schedule,
-                events=self.events, state=state, on_snapshot=keep,
+                self._stepper(model),
+                train,
+                valid,
+                schedule,
+                events=self.events,
+                state=state,
+                on_snapshot=keep,
             )
         finally:
             self._running = None
@@ -439,8 +450,14 @@ class Learner:
             raise ValueError("every layer group is frozen; unfreeze one to run lr_find")
         model, train, _ = self._training_inputs()
         return run_lr_range(
-            self._stepper(model), train, start=starts, end=end, iters=iters,
-            stop_factor=stop_factor, seed=seed, on_step=on_step,
+            self._stepper(model),
+            train,
+            start=starts,
+            end=end,
+            iters=iters,
+            stop_factor=stop_factor,
+            seed=seed,
+            on_step=on_step,
         )
 
     def validate(self) -> dict[str, float]:

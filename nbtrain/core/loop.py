@@ -67,14 +67,28 @@ def fit(
     state = state or TrainState(schedule=schedule)
     state.schedule = schedule
     smooth = SmoothedLoss()
-    last_good = TrainingSnapshot.capture(stepper.model, stepper.optimizer, stepper.scaler, rng=False)
+    last_good = TrainingSnapshot.capture(
+        stepper.model, stepper.optimizer, stepper.scaler, rng=False
+    )
     start = clock()
     guard = InterruptGuard(on_interrupt=state.request_stop)
     events.emit("fit_start", state)
     try:
         with guard:
-            _run(stepper, train, valid, schedule, events, state, smooth, guard, on_snapshot,
-                 clock, start, last_good)
+            _run(
+                stepper,
+                train,
+                valid,
+                schedule,
+                events,
+                state,
+                smooth,
+                guard,
+                on_snapshot,
+                clock,
+                start,
+                last_good,
+            )
     except KeyboardInterrupt:
         _drop_grads(stepper)
         state.status = "interrupted"

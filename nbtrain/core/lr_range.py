@@ -79,8 +79,7 @@ def suggest_steepest(lrs: Sequence[float], losses: Sequence[float]) -> float | N
     if len(ys) < 2:
         return None
     slopes = [
-        (ys[i + 1] - ys[i]) / (math.log(xs[i + 1]) - math.log(xs[i]))
-        for i in range(len(ys) - 1)
+        (ys[i + 1] - ys[i]) / (math.log(xs[i + 1]) - math.log(xs[i])) for i in range(len(ys) - 1)
     ]
     return xs[min(range(len(slopes)), key=slopes.__getitem__)]
 
@@ -166,9 +165,7 @@ class LRRangeResult:
         return tuple(self.suggestion * r for r in ratios)
 
     def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{k}={v:.2e}" for k, v in self.suggestions.items() if v is not None
-        )
+        shown = ", ".join(f"{k}={v:.2e}" for k, v in self.suggestions.items() if v is not None)
         return (
             f"LRRangeResult({len(self.lrs)} steps, {self.lrs[0]:.1e}..{self.lrs[-1]:.1e}, "
             f"stopped: {self.stop_reason}; suggestions: {shown or 'none'})"
@@ -180,7 +177,7 @@ class LRRangeResult:
 def diagnose(lrs: Sequence[float], losses: Sequence[float], stop_reason: str) -> list[str]:
     """Plain-language warnings about a curve (too short, flat, never diverged)."""
     notes = []
-    xs, ys = _trim(lrs, losses)
+    _, ys = _trim(lrs, losses)
     if len(ys) < 20:
         notes.append(f"only {len(ys)} usable points; raise iters for a steadier curve")
     if ys:

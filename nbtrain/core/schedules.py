@@ -16,9 +16,9 @@ the rate of every iteration.
 from __future__ import annotations
 
 import math
-from numbers import Real
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Real
 
 
 def _positive_int(name: str, value: object) -> int:

@@ -535,8 +535,11 @@ class ImageData:
         draft = _resize_size(self.size)
         return [
             self._plain_loader(
-                ImageDataset(self.valid_items, tta_transform(self.size, self.mean, self.std, v),
-                             draft_size=draft)
+                ImageDataset(
+                    self.valid_items,
+                    tta_transform(self.size, self.mean, self.std, v),
+                    draft_size=draft,
+                )
             )
             for v in TTA_VIEWS
         ]
@@ -555,7 +558,9 @@ class ImageData:
         elif isinstance(item, np.ndarray):
             rgb = _to_rgb(Image.fromarray(item))
         else:
-            raise ValueError(f"expected an image path, PIL image or array, got {type(item).__name__}")
+            raise ValueError(
+                f"expected an image path, PIL image or array, got {type(item).__name__}"
+            )
         return self.eval_transform()(rgb).as_subclass(torch.Tensor)
 
     def reseed(self, seed: int) -> ImageData:
@@ -591,8 +596,12 @@ class ImageData:
 
     def _plain_loader(self, dataset: Dataset) -> DataLoader:
         """An ordered, non-persistent loader (for one-off passes such as TTA views)."""
-        return DataLoader(dataset, batch_size=self.bs, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            dataset,
+            batch_size=self.bs,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def _make_loader(self, name: str) -> DataLoader:
         dataset = {"train": self.train_ds, "valid": self.valid_ds, "fix": self.fix_ds}[name]

@@ -72,8 +72,14 @@ class Interpretation:
         for i in ticks:
             for j in ticks:
                 value = int(m[i, j])
-                ax.text(j, i, str(value), ha="center", va="center",
-                        color="white" if value > peak / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    color="white" if value > peak / 2 else "black",
+                )
         accuracy = float(m.diag().sum()) / max(int(m.sum()), 1)
         ax.set_title(f"confusion matrix (accuracy {accuracy:.1%})")
         fig.tight_layout()
@@ -94,8 +100,11 @@ class Interpretation:
             with Image.open(self.files[i]) as img:
                 ax.imshow(img.convert("RGB"))
             pred, actual = int(self.preds[i]), int(self.targets[i])
-            ax.set_title(f"{self.classes[pred]} / {self.classes[actual]}\n"
-                         f"loss {loss:.2f}, p={float(self.probs[i, actual]):.2f}", fontsize=9)
+            ax.set_title(
+                f"{self.classes[pred]} / {self.classes[actual]}\n"
+                f"loss {loss:.2f}, p={float(self.probs[i, actual]):.2f}",
+                fontsize=9,
+            )
             ax.axis("off")
         fig.suptitle("top losses: predicted / actual")
         fig.tight_layout()

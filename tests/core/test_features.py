@@ -5,7 +5,7 @@ import hashlib
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from nbtrain.core import Learner
 from nbtrain.core.features import BodyHead, FeatureCache
@@ -47,8 +47,9 @@ class TensorData:
 class CountingBody(nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(2, 32), nn.BatchNorm1d(32), nn.ReLU(),
-                                 nn.Linear(32, 32), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.Linear(2, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU()
+        )
         self.calls = 0
 
     def forward(self, x):
@@ -59,8 +60,14 @@ class CountingBody(nn.Module):
 def make_learner(tmp_path, data=None, **kw):
     torch.manual_seed(0)
     model = BodyHead(CountingBody(), nn.Linear(32, 2))
-    learn = Learner(model, data or TensorData(), layer_groups=[model.body.net[:2],
-                    model.body.net[2:], model.head], device="cpu", path=tmp_path, **kw)
+    learn = Learner(
+        model,
+        data or TensorData(),
+        layer_groups=[model.body.net[:2], model.body.net[2:], model.head],
+        device="cpu",
+        path=tmp_path,
+        **kw,
+    )
     learn.feature_cache = FeatureCache(tmp_path / "cache")
     learn.freeze()
     return learn

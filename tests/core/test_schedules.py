@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -29,8 +30,18 @@ def test_cycle_mult_1_restarts_every_cycle_len_epochs(it, t, period):
 @pytest.mark.parametrize(
     ("it", "t", "period"),
     # T0 = 10 iterations: cycles start at 0 (10 long), 10 (20 long), 30 (40 long), 70 (80).
-    [(0, 0, 10), (9, 9, 10), (10, 0, 20), (20, 10, 20), (29, 19, 20), (30, 0, 40),
-     (50, 20, 40), (69, 39, 40), (70, 0, 80), (149, 79, 80)],
+    [
+        (0, 0, 10),
+        (9, 9, 10),
+        (10, 0, 20),
+        (20, 10, 20),
+        (29, 19, 20),
+        (30, 0, 40),
+        (50, 20, 40),
+        (69, 39, 40),
+        (70, 0, 80),
+        (149, 79, 80),
+    ],
 )
 def test_cycle_mult_2_doubles_each_cycle(it, t, period):
     lr = sgdr_lr(it, lr_max=1.0, iters_per_epoch=5, cycle_len=2, cycle_mult=2)
@@ -40,7 +51,7 @@ def test_cycle_mult_2_doubles_each_cycle(it, t, period):
 def test_cycle_mult_3_boundaries_are_exact():
     # T0 = 7: starts 0, 7, 28, 91, 280
     starts = [0, 7, 28, 91, 280]
-    for prev, s in zip(starts, starts[1:]):
+    for prev, s in itertools.pairwise(starts):
         assert sgdr_lr(s, lr_max=2.0, iters_per_epoch=7, cycle_mult=3) == 2.0
         last = sgdr_lr(s - 1, lr_max=2.0, iters_per_epoch=7, cycle_mult=3)
         assert last == pytest.approx(closed_form(2.0, s - 1 - prev, s - prev))
@@ -62,8 +73,7 @@ def test_epoch_counts():
 
 
 def test_schedule_differential_groups_follow_one_cosine():
-    sched = SGDRSchedule((1e-4, 1e-3, 1e-2), iters_per_epoch=4, cycles=2, cycle_len=1,
-                         cycle_mult=2)
+    sched = SGDRSchedule((1e-4, 1e-3, 1e-2), iters_per_epoch=4, cycles=2, cycle_len=1, cycle_mult=2)
     assert sched.total_iters == 12
     for it in range(sched.total_iters):
         expected = sgdr_lr(it, lr_max=1.0, iters_per_epoch=4, cycle_mult=2)

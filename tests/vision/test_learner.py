@@ -13,8 +13,9 @@ from nbtrain.vision.interpret import Interpretation
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), n_per_class=12,
-                               n_valid_per_class=6, size=48, seed=0)
+    return make_shapes_dataset(
+        tmp_path_factory.mktemp("shapes"), n_per_class=12, n_valid_per_class=6, size=48, seed=0
+    )
 
 
 @pytest.fixture
