@@ -156,6 +156,7 @@ class Learner:
         precompute: bool = False,
         pretrained: bool = True,
         dropout: float = 0.25,
+        seed: int | None = 0,
         **kwargs: Any,
     ) -> Learner:
         """A pretrained body plus a new head; three layer groups, body frozen.
@@ -173,13 +174,22 @@ class Learner:
             Train the head on cached body activations while the body is frozen.
         dropout
             Dropout before the head's linear layer.
+        seed
+            Seeds the new head's initial weights, so that a notebook re-run from the top
+            gives the same numbers (None: drawn from the global RNG).
         **kwargs
             Passed to :class:`Learner` (``device``, ``mixed_precision``, ``opt_func``...).
         """
         from nbtrain.vision.learner import pretrained_learner  # vision needs timm/PIL
 
         return pretrained_learner(
-            data, arch, precompute=precompute, pretrained=pretrained, dropout=dropout, **kwargs
+            data,
+            arch,
+            precompute=precompute,
+            pretrained=pretrained,
+            dropout=dropout,
+            seed=seed,
+            **kwargs,
         )
 
     # ---- layer groups -------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from nbtrain.core.features import BodyHead
@@ -34,16 +35,20 @@ def pretrained_learner(
     precompute: bool = False,
     pretrained: bool = True,
     dropout: float = 0.25,
+    seed: int | None = 0,
     **kwargs: Any,
 ) -> Learner:
     """See :meth:`nbtrain.Learner.pretrained`."""
     classes = getattr(data, "classes", None)
     if not classes:
         raise ValueError("the data has no classes; build it with ImageData.from_folder/from_csv")
-    spec = create_body(arch, pretrained=pretrained)
+    with torch.random.fork_rng(devices=[]):  # the user's RNG stream is left alone
+        if seed is not None:
+            torch.manual_seed(seed)  # the new head starts the same in every kernel
+        spec = create_body(arch, pretrained=pretrained)
+        model = ImageClassifier(spec, len(classes), dropout=dropout)
     if hasattr(data, "set_normalization"):
         data.set_normalization(spec.mean, spec.std)  # inputs as the body was trained on
-    model = ImageClassifier(spec, len(classes), dropout=dropout)
     early, late = body_groups(spec)
     learn = Learner(model, data, layer_groups=[early, late, model.head], **kwargs)
     for group, name in zip(learn.groups, ("body (early)", "body (late)", "head"), strict=True):

@@ -1,0 +1,87 @@
+"""Run every notebook in notebooks/ headless with a real kernel, on small settings.
+
+The notebooks read their knobs from environment variables (the kernel inherits them): a
+data path that does not exist makes them generate the shapes set, and 32 px images keep
+each run to seconds. Also checks that the notebooks are stored without outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
+FINAL_ACCURACY = re.compile(r"final accuracy[^:]*: (\d+(?:\.\d+)?)%")
+SMALL_SETTINGS = {
+    "NBTRAIN_SIZE": "32",
+    "NBTRAIN_BS": "16",
+    "NBTRAIN_SEEDS": "2",
+    "NBTRAIN_HEAD_CYCLES": "1",
+    "NBTRAIN_AUG_CYCLES": "1",
+    "NBTRAIN_UNFREEZE_CYCLES": "2",
+}
+
+
+def _required() -> bool:
+    return os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
+
+
+@pytest.fixture(scope="module")
+def nb_tools():
+    """nbformat and nbclient, or a skip (a failure under CI=true, which installs them)."""
+    try:
+        import nbclient
+        import nbformat
+    except ImportError as exc:
+        if _required():
+            pytest.fail(f"{exc}: the notebook tests need the 'test' extra")
+        pytest.skip(f"{exc} (pip install -e '.[test]')")
+    return nbformat, nbclient
+
+
+def test_there_are_notebooks():
+    assert {p.name for p in PATHS} >= {"checklist.ipynb", "lr_find_sgdr_explained.ipynb"}
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_notebook_is_stored_without_outputs(path, nb_tools):
+    nbformat, _ = nb_tools
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty, (
+        f"cells {dirty} of {path.name} keep outputs; strip them with "
+        f"`jupyter nbconvert --clear-output --inplace notebooks/{path.name}`"
+    )
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_notebook_runs(path, nb_tools, tmp_path, monkeypatch):
+    nbformat, nbclient = nb_tools
+    for name, value in SMALL_SETTINGS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("NBTRAIN_DATA", str(tmp_path / "no-such-folder"))  # -> generated shapes
+    monkeypatch.setenv("NBTRAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "1")  # the venv's python3 kernel, not a user one
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},  # the notebooks' own folder as cwd
+    )
+    client.execute()  # raises CellExecutionError, with the traceback, on any error
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    stdout = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "using a generated shapes data set" in stdout
+    last = nb.cells[-1] if nb.cells[-1].cell_type == "code" else None
+    last_text = "".join(o.get("text", "") for o in (last.outputs if last else []))
+    m = FINAL_ACCURACY.search(last_text)
+    assert m, f"the last cell did not print the final accuracy: {last_text!r}"
+    assert 0 <= float(m.group(1)) <= 100
