@@ -15,6 +15,22 @@ from nbtrain.core import (
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ip: object) -> None:
+    """``%load_ext nbtrain``: register the magics (imported only now: IPython stays out
+    of ``import nbtrain``)."""
+    from nbtrain.magics import load_ipython_extension as load
+
+    load(ip)
+
+
+def unload_ipython_extension(ip: object) -> None:
+    """``%unload_ext nbtrain``: remove the magics and the async rewrite of fit cells."""
+    from nbtrain.magics import unload_ipython_extension as unload
+
+    unload(ip)
+
+
 __all__ = [
     "DataLoaders",
     "LRRangeResult",

@@ -1,0 +1,909 @@
+"""IPython magics: ``%lr_find``, ``%fit_cycles``/``%%fit_cycles``, ``%freeze``,
+``%unfreeze``, ``%layers`` and ``%nbtrain_config``.
+
+Each magic parses its line with ``magic_arguments`` (so ``%lr_find?`` shows the usage),
+looks the learner up in the user's namespace, evaluates expressions there, checks
+*everything* before changing anything, calls the core and hands the result to a view.
+A mistake raises ``UsageError``: one line, no traceback, nothing changed.
+
+How the Stop button reaches a busy kernel
+-----------------------------------------
+A Jupyter kernel handles a widget click (a ``comm_msg``) on its main thread's event
+loop. A synchronous cell blocks that loop, so a click made during training would wait
+until the cell ends. ipykernel 7.4 dispatches comm messages *concurrently* while a cell
+that awaits holds the execution lock (``kernelbase.shell_main``). So, when widgets are
+in use, nbtrain rewrites a cell whose statement is ``%fit_cycles ...`` (or a
+``%%fit_cycles`` cell) before IPython compiles it, with an input transformer
+(:func:`transform_async_cells`, registered in ``input_transformers_cleanup``), into::
+
+    await __import__('nbtrain.magics').magics.run_async('fit_cycles', LINE, CELL)
+
+:func:`run_async` parses and checks the magic on the main thread exactly as the
+synchronous magic does (same ``UsageError``), displays the progress view, then runs the
+fit in a worker thread and awaits it. While the worker trains, the event loop is free:
+a Stop click runs ``ProgressView.stop()`` at once, which calls ``learn.request_stop()``;
+the loop finishes its batch and returns with status ``stopped``. Trait updates made by
+the worker thread render normally; output keeps going to the cell, because the worker
+runs in a copy of the cell's context. The cell stays busy until training ends, so
+"Run all" still runs the next cells afterwards, in order.
+
+A kernel interrupt (Interrupt button, SIGINT) while the worker trains reaches the
+awaiting coroutine as ``CancelledError`` (ipykernel cancels an async cell on SIGINT).
+The coroutine sets an event that the worker checks before every batch; the worker
+raises ``KeyboardInterrupt`` there, between two whole steps, so the fit ends
+``interrupted`` with the learner consistent (weights of the last finished batch, no
+stray gradients); the coroutine waits for that and re-raises ``KeyboardInterrupt`` so
+"Run all" stops. The core's SIGINT guard is a no-op in the worker (signals only reach
+the main thread); a second interrupt does nothing until the batch ends.
+
+The rewrite happens only for a line starting ``%fit_cycles`` at the start of a line (or
+a cell starting ``%%fit_cycles``), outside other magics, when widgets are in use
+(:func:`nbtrain.views.frontend.use_widgets`). Everywhere else (terminal IPython, text
+front end, ``ip.run_line_magic`` in tests, an indented magic) the same code runs
+synchronously on the main thread, where the core's SIGINT guard makes an interrupt
+stop at a batch boundary. Verified on ipykernel 7.4.0; ipykernel 6 does not dispatch
+comms during a cell, so there Stop waits for the cell and the kernel's Interrupt
+button is the way to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import difflib
+import keyword
+import re
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from nbtrain.core.learner import Learner, PrecomputeWarning
+from nbtrain.core.loop import DivergedWarning
+from nbtrain.core.schedules import SGDRSchedule
+from nbtrain.views import frontend
+from nbtrain.views.format import plan_summary
+
+T = TypeVar("T")
+
+STAGE_KEYS = ("lr", "cycles", "cycle_len", "cycle_mult", "size", "precompute", "seed", "freeze_to")
+STAGE_FLAGS = {"freeze": -1, "unfreeze": 0}
+LEARNER_HINT = "Learner.pretrained(data)"
+
+
+# ---------------------------------------------------------------------------- stages
+@dataclass
+class Stage:
+    """One SGDR run of a ``%%fit_cycles`` cell, its values evaluated and checked."""
+
+    lr: Any
+    plan: SGDRSchedule
+    cycles: int = 1
+    cycle_len: int = 1
+    cycle_mult: int = 1
+    size: int | None = None
+    precompute: bool | None = None
+    seed: int | None = None
+    freeze_to: int | None = None
+    where: str = "%fit_cycles"
+
+    def label(self) -> str:
+        """``unfreeze, size 64: 3 cycles of 1 + 2 + 4 epochs = 7 epochs, ...``."""
+        changes = []
+        if self.freeze_to is not None:
+            changes.append(
+                {0: "unfreeze", -1: "freeze"}.get(self.freeze_to, f"freeze_to {self.freeze_to}")
+            )
+        if self.size is not None:
+            changes.append(f"size {self.size}")
+        if self.precompute is not None:
+            changes.append(f"precompute {'on' if self.precompute else 'off'}")
+        head = ", ".join(changes)
+        return f"{head}: {plan_summary(self.plan)}" if head else plan_summary(self.plan)
+
+
+def split_tokens(text: str, where: str = "") -> list[str]:
+    """Split a stage line on whitespace outside brackets and quotes; ``#`` starts a
+    comment. ``lr=[lr/9, lr/3, lr] cycles=3`` -> ``['lr=[lr/9, lr/3, lr]', 'cycles=3']``."""
+    tokens, current, depth, quote, i = [], [], 0, "", 0
+    pairs = {")": "(", "]": "[", "}": "{"}
+    opened: list[str] = []
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            current.append(ch)
+            if ch == "\\" and i + 1 < len(text):
+                current.append(text[i + 1])
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+            current.append(ch)
+        elif ch in "([{":
+            opened.append(ch)
+            current.append(ch)
+        elif ch in ")]}":
+            if not opened or opened[-1] != pairs[ch]:
+                raise UsageError(f"{where}unbalanced {ch!r} in {text.strip()!r}")
+            opened.pop()
+            current.append(ch)
+        elif ch == "#" and not opened:
+            break
+        elif ch.isspace() and not opened:
+            if current:
+                tokens.append("".join(current))
+                current = []
+        else:
+            current.append(ch)
+        i += 1
+    depth = len(opened)
+    if quote or depth:
+        what = "quote" if quote else repr(opened[-1])
+        raise UsageError(f"{where}unclosed {what} in {text.strip()!r}")
+    if current:
+        tokens.append("".join(current))
+    return tokens
+
+
+def parse_stage(text: str, where: str) -> dict[str, str]:
+    """Raw expressions of one stage line: ``{"lr": "[lr/9,lr/3,lr]", "freeze_to": "0"}``."""
+    raw: dict[str, str] = {}
+    for token in split_tokens(text, f"{where}: "):
+        key, eq, value = token.partition("=")
+        if not eq:
+            if token not in STAGE_FLAGS:
+                raise UsageError(
+                    f"{where}: {token!r} is neither key=value nor a flag; flags: "
+                    f"{', '.join(STAGE_FLAGS)}; keys: {', '.join(STAGE_KEYS)}"
+                )
+            key, value = "freeze_to", str(STAGE_FLAGS[token])
+        elif key not in STAGE_KEYS:
+            close = difflib.get_close_matches(key, STAGE_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UsageError(f"{where}: unknown key {key!r}; {hint}keys: {', '.join(STAGE_KEYS)}")
+        elif not value:
+            raise UsageError(f"{where}: {key}= needs a value, e.g. {key}=1")
+        if key in raw:
+            raise UsageError(f"{where}: {key} is given twice (freeze/unfreeze set freeze_to)")
+        raw[key] = value
+    return raw
+
+
+def parse_cell(cell: str) -> list[tuple[str, dict[str, str]]]:
+    """``(where, raw)`` for every stage line of a ``%%fit_cycles`` cell; blank lines and
+    ``#`` comments are skipped."""
+    stages = []
+    for n, text in enumerate(cell.splitlines(), start=1):
+        if not text.strip() or text.strip().startswith("#"):
+            continue
+        stages.append((f"line {n}", parse_stage(text, f"line {n}")))
+    if not stages:
+        raise UsageError("no stages in the cell; write one per line, e.g. lr=lr cycles=1")
+    return stages
+
+
+# ------------------------------------------------------------------- running a fit
+class _InterruptCheck:
+    """Listener raising KeyboardInterrupt before the next batch once ``event`` is set:
+    how a kernel interrupt reaches a fit that runs in a worker thread."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_batch_start(self, state: Any) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt("kernel interrupt")
+
+
+@contextlib.contextmanager
+def routed_warnings(note: Callable[[str], None]) -> Iterator[None]:
+    """Show nbtrain's warnings as one line in the view instead of a Python warning.
+
+    ``DivergedWarning`` is dropped: its text is the fit's final status line already.
+    """
+    with warnings.catch_warnings():
+        for category in (PrecomputeWarning, DivergedWarning):
+            warnings.simplefilter("always", category)
+        warnings.filterwarnings("always", module="nbtrain")
+        original = warnings.showwarning
+
+        def show(
+            message: Any,
+            category: type,
+            filename: str,
+            lineno: int,
+            file: Any = None,
+            line: Any = None,
+        ) -> None:
+            if issubclass(category, DivergedWarning):
+                return
+            if category.__module__.startswith("nbtrain"):
+                note(str(message))
+                return
+            original(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
+@dataclass
+class FitJob:
+    """A checked ``%fit_cycles`` run: the learner, its stages and the view showing them."""
+
+    learn: Learner
+    stages: list[Stage]
+    view: Any
+    handle: Any = None
+    states: list[Any] = field(default_factory=list)
+
+    def run(self, interrupt: threading.Event | None = None) -> None:
+        """Run the stages in order; stop early when one does not finish ``done``."""
+        from nbtrain.views.freeze_panel import refresh_panels
+
+        listeners: list[Any] = [self.view]
+        if interrupt is not None:
+            listeners.append(_InterruptCheck(interrupt))
+        learn = self.learn
+        try:
+            with routed_warnings(self.view.note):
+                for stage in self.stages:
+                    if getattr(self.view, "stop_requested", False):
+                        break
+                    if stage.freeze_to is not None:
+                        learn.freeze_to(stage.freeze_to)
+                        refresh_panels(learn)
+                    if stage.size is not None:
+                        learn.set_size(stage.size)
+                    if stage.precompute is not None:
+                        learn.precompute = stage.precompute
+                    state = learn.fit_cycles(
+                        stage.lr,
+                        stage.cycles,
+                        stage.cycle_len,
+                        stage.cycle_mult,
+                        seed=stage.seed,
+                        listeners=listeners,
+                    )
+                    self.states.append(state)
+                    if state.status != "done":
+                        break
+        finally:
+            refresh_panels(learn)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.view.finish(error=error)
+        if self.handle is not None:  # refresh the text/PNG kept by nbconvert and friends
+            self.handle.update(self.view)
+
+
+async def in_worker(fn: Callable[[], T], interrupt: threading.Event) -> T:
+    """Run ``fn`` in a worker thread and await it, keeping the event loop free.
+
+    A cancellation of the awaiting task (ipykernel's answer to SIGINT) sets
+    ``interrupt`` and keeps waiting until ``fn`` returns; ``KeyboardInterrupt`` is then
+    raised (or ``fn``'s own exception, if it raised one).
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+    context = contextvars.copy_context()  # output of the worker goes to this cell
+
+    def settle(outcome: tuple[Any, BaseException | None]) -> None:
+        if not done.done():
+            done.set_result(outcome)
+
+    def target() -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (context.run(fn), None)
+        except BaseException as exc:  # handed to the awaiting coroutine, never lost
+            outcome = (None, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=target, name="nbtrain-fit", daemon=True).start()
+    interrupted = False
+    while not done.done():
+        try:
+            # Wake every 0.1 s: SIGINT may land on another thread, and then Python runs
+            # the kernel's handler only when the main thread next runs bytecode.
+            await asyncio.wait({done}, timeout=0.1)
+        except asyncio.CancelledError:
+            interrupted = True
+            interrupt.set()
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()  # handled: keep awaiting the worker's last batch
+    result, error = done.result()
+    if error is not None:
+        raise error
+    if interrupted:
+        raise KeyboardInterrupt("interrupted; the run had already finished")
+    return result
+
+
+async def run_async(magic: str, line: str, cell: str | None = None) -> None:
+    """The awaitable form of ``%fit_cycles`` that the input transformer writes (see
+    the module docstring): checks and displays on the main thread, trains in a worker."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    magics = shell.magics_manager.registry.get("NbtrainMagics") if shell else None
+    if magics is None or magic != "fit_cycles":
+        raise UsageError(f"%{magic} is not an nbtrain magic; run %load_ext nbtrain")
+    job = magics.prepare_fit(line, cell)
+    interrupt = threading.Event()
+    error: BaseException | None = None
+    try:
+        await in_worker(lambda: job.run(interrupt), interrupt)
+    except KeyboardInterrupt as exc:
+        error = exc
+        state = job.view.tracker.last_state
+        if state is not None and state.status == "interrupted" and state.message:
+            raise KeyboardInterrupt(state.message) from None  # where it stopped, not how
+        raise
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        job.finish(error)
+
+
+# ---------------------------------------------------------- the async cell rewrite
+_CELL_MAGIC = re.compile(r"%%fit_cycles(?:\s+(.*))?$", re.DOTALL)
+_LINE_MAGIC = re.compile(r"%fit_cycles(?:\s+(.*))?$")
+
+
+def _inside_magic() -> bool:
+    """True while a magic runs (e.g. ``%%time`` transforming its body): the rewrite
+    only applies to the cell the kernel is about to run."""
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in ("run_cell_magic", "run_line_magic") and code.co_filename.endswith(
+            "interactiveshell.py"
+        ):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _call(line: str, cell: str | None = None) -> str:
+    args = f"'fit_cycles', {line.strip()!r}" + (f", {cell!r}" if cell is not None else "")
+    return f"await __import__('nbtrain.magics').magics.run_async({args})\n"
+
+
+def transform_async_cells(lines: list[str]) -> list[str]:
+    """Input transformer: ``%fit_cycles``/``%%fit_cycles`` -> ``await run_async(...)``
+    when widgets are in use (see the module docstring); other cells pass unchanged."""
+    if not lines or not any("fit_cycles" in text for text in lines):
+        return lines
+    shell = frontend.current_shell()
+    if shell is None or not getattr(shell, "autoawait", False) or _inside_magic():
+        return lines
+    if not frontend.use_widgets(shell):
+        return lines
+    first = lines[0].rstrip()
+    if first.startswith("%%"):
+        match = _CELL_MAGIC.match(first)
+        if match and not first.endswith("?"):
+            return [_call(match.group(1) or "", "".join(lines[1:]))]
+        return lines  # another cell magic owns this cell
+    out = []
+    for text in lines:
+        stripped = text.rstrip()
+        match = _LINE_MAGIC.match(stripped)
+        if match and not stripped.endswith(("?", "\\")):
+            out.append(_call(match.group(1) or ""))
+        else:
+            out.append(text)
+    return out
+
+
+# ------------------------------------------------------------------------ magics
+class _SweepProgress:
+    """A bar for the range test, displayed at its first step (so a rejected call shows
+    nothing) and updated at most every 0.2 s (a comm message costs more than a step)."""
+
+    def __init__(self, iters: int) -> None:
+        self.iters = max(iters, 1)
+        self.handle: Any = None
+        self.bar: Any = None
+        self._last = -1.0
+
+    def on_step(self, i: int, lr: float, loss: float) -> None:
+        import time
+
+        now = time.perf_counter()
+        if now - self._last < 0.2:
+            return
+        self._last = now
+        if self.bar is None:
+            import ipywidgets as W
+
+            self.bar = W.IntProgress(value=0, min=0, max=self.iters, description="lr_find")
+            self.bar.add_class("nbtrain-lr-progress")
+            self.handle = display(self.bar, display_id=True)
+        self.bar.value = i + 1
+
+
+def _exclusive(line: str, *groups: tuple[str, ...]) -> None:
+    """Refuse options that contradict each other (argparse would let the last one win)."""
+    words = {word.partition("=")[0] for word in line.split()}
+    for group in groups:
+        used = [option for option in group if option in words]
+        if len(used) > 1:
+            raise UsageError(f"{' and '.join(used)} contradict each other; give one of them")
+
+
+def _identifier(name: str, option: str) -> str:
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise UsageError(f"{option} needs a variable name, got {name!r}")
+    return name
+
+
+@magics_class
+class NbtrainMagics(Magics):
+    """nbtrain's magics; ``%load_ext nbtrain`` registers them."""
+
+    def __init__(self, shell: Any = None) -> None:
+        super().__init__(shell)
+        self.last: dict[str, Any] = {}  # the last view each magic showed (tests, notebooks)
+
+    # ---- helpers ---------------------------------------------------------------------
+    def _parse(self, magic: Callable, line: str) -> Any:
+        try:
+            return parse_argstring(magic, line)
+        except (UsageError, ValueError) as exc:  # ValueError: unbalanced quotes
+            hint = ""
+            if "unrecognized arguments" in str(exc):
+                hint = '; quote an expression with spaces, e.g. --lr "[lr/9, lr/3, lr]"'
+            name = magic.__name__
+            raise UsageError(f"{exc}{hint}; see %{name}? for the options") from None
+
+    def _learner(self, name: str) -> Learner:
+        ns = self.shell.user_ns
+        if name not in ns:
+            learners = [k for k, v in ns.items() if isinstance(v, Learner) and k[:1] != "_"]
+            close = difflib.get_close_matches(name, learners, n=1)
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else f"create one with {name} = {LEARNER_HINT}"
+            )
+            raise UsageError(f"no learner named {name!r} in the namespace; {hint}")
+        learn = ns[name]
+        if not isinstance(learn, Learner):
+            raise UsageError(
+                f"{name!r} is a {type(learn).__name__}, not a Learner; "
+                f"create one with {name} = {LEARNER_HINT}"
+            )
+        return learn
+
+    def _ev(self, expr: str, what: str) -> Any:
+        """Evaluate ``expr`` in the user's namespace. Quotes around the whole expression
+        only group it (``--lr "[lr/9, lr/3, lr]"``, ``lr="lr / 3"``) and are dropped."""
+        if (
+            len(expr) >= 2
+            and expr[0] == expr[-1]
+            and expr[0] in "'\""
+            and expr[0] not in expr[1:-1]
+        ):
+            expr = expr[1:-1]
+        try:
+            return self.shell.ev(expr)
+        except Exception as exc:
+            raise UsageError(
+                f"{what}: cannot evaluate {expr!r}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def _int(self, expr: str | None, what: str, *, default: int | None = None) -> int | None:
+        if expr is None:
+            return default
+        value = self._ev(expr, what)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{what} must be a whole number, got {value!r}")
+        return value
+
+    def _show(self, kind: str, view: Any) -> Any:
+        self.last[kind] = view
+        return display(view, display_id=True)
+
+    # ---- %lr_find ----------------------------------------------------------------------
+    @no_var_expand
+    @magic_arguments()
+    @argument("learner", help="name of a Learner in the namespace, e.g. learn")
+    @argument(
+        "--start",
+        default="1e-7",
+        metavar="LR",
+        help="first rate, an expression; a list gives one rate per group (default 1e-7)",
+    )
+    @argument("--end", default="10", metavar="LR", help="last rate of the last group (default 10)")
+    @argument("--iters", default="100", metavar="N", help="mini-batches in the sweep (default 100)")
+    @argument("--seed", default=None, metavar="N", help="seed the sweep, for a repeatable curve")
+    @argument(
+        "--into",
+        default="lr",
+        metavar="NAME",
+        help="variable that receives the picked rate (default lr)",
+    )
+    @line_magic
+    def lr_find(self, line: str) -> None:
+        """Run the LR range test and pick a learning rate from its plot.
+
+        The rate grows exponentially from --start to --end over --iters mini-batches
+        (Smith, arXiv:1506.01186); the model, optimizer and RNG are left as they were.
+        The selector shows the smoothed loss against the rate (log scale) with every
+        suggestion rule marked (valley, the default, is pre-selected). A click on the
+        plot picks the nearest swept rate; "Use suggestion" takes the default again.
+        Every pick is stored at once in the variable named by --into (default lr).
+        Without widgets: prints the suggestions, shows a static plot and stores the
+        suggestion.
+
+        Example: %lr_find learn --end 1 --into lr
+        """
+        args = self._parse(self.lr_find, line)
+        learn = self._learner(args.learner)
+        into = _identifier(args.into, "--into")
+        start = self._ev(args.start, "--start")
+        end = self._ev(args.end, "--end")
+        iters = self._int(args.iters, "--iters")
+        seed = self._int(args.seed, "--seed")
+        if not isinstance(end, int | float) or isinstance(end, bool):
+            raise UsageError(f"--end must be a number, got {end!r}")
+        widgets = frontend.use_widgets(self.shell)
+        progress = _SweepProgress(int(iters)) if widgets else None
+        try:
+            result = learn.lr_find(
+                start, float(end), iters, seed=seed, on_step=progress.on_step if progress else None
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if widgets:
+            from nbtrain.views.lr_plot import LRFinderPlot
+
+            view = LRFinderPlot(result, namespace=self.shell.user_ns, into=into)
+            self.last["lr_find"] = view
+            if progress is not None and progress.handle is not None:
+                progress.handle.update(view)  # the sweep's bar becomes the plot, in place
+            else:
+                display(view)
+            return
+        from nbtrain.views.lr_plot import LRFinderReport
+
+        if result.suggestion is not None:
+            self.shell.user_ns[into] = result.suggestion
+        self._show("lr_find", LRFinderReport(result, result.suggestion, into))
+
+    # ---- %fit_cycles / %%fit_cycles ----------------------------------------------------
+    @no_var_expand
+    @magic_arguments()
+    @argument("learner", help="name of a Learner in the namespace, e.g. learn")
+    @argument(
+        "--lr",
+        default=None,
+        metavar="EXPR",
+        help="maximum rate: a number, one per layer group, or a slice; an expression "
+        'evaluated in the namespace, e.g. --lr "[lr/9, lr/3, lr]" (default: lr)',
+    )
+    @argument("--cycles", default=None, metavar="N", help="number of SGDR cycles (default 1)")
+    @argument(
+        "--cycle-len", default=None, metavar="L", help="epochs in the first cycle (default 1)"
+    )
+    @argument(
+        "--cycle-mult",
+        default=None,
+        metavar="M",
+        help="each cycle is this many times longer (default 1)",
+    )
+    @argument(
+        "--size", default=None, metavar="S", help="image size for this run (progressive resizing)"
+    )
+    @argument(
+        "--precompute",
+        action="store_const",
+        const="True",
+        default=None,
+        help="train the head on cached body activations while the body is frozen",
+    )
+    @argument(
+        "--no-precompute",
+        action="store_const",
+        const="False",
+        dest="precompute",
+        help="train through the images",
+    )
+    @argument(
+        "--unfreeze",
+        action="store_const",
+        const="0",
+        dest="freeze_to",
+        default=None,
+        help="train every layer group first",
+    )
+    @argument(
+        "--freeze",
+        action="store_const",
+        const="-1",
+        dest="freeze_to",
+        help="train only the head first",
+    )
+    @argument(
+        "--freeze-to",
+        dest="freeze_to",
+        metavar="K",
+        help="freeze the groups before K first (negative counts from the end)",
+    )
+    @argument(
+        "--seed", default=None, metavar="N", help="seed every RNG first, for a repeatable run"
+    )
+    @line_cell_magic
+    def fit_cycles(self, line: str, cell: str | None = None) -> None:
+        """Train with SGDR (cosine annealing with warm restarts, arXiv:1608.03983).
+
+        Line magic: one run, e.g.
+            %fit_cycles learn --lr 1e-2 --cycles 3 --cycle-len 1 --cycle-mult 2
+        The first cycle lasts --cycle-len epochs, each later one --cycle-mult times
+        longer (3, 1, 2 -> 1 + 2 + 4 = 7 epochs). Values are Python expressions evaluated
+        in the namespace; --lr defaults to the variable lr (set by %lr_find).
+
+        Cell magic: one stage per line, run in order under one progress display whose
+        planned LR curve is drawn before the first batch. A stage is key=value tokens
+        (keys: lr, cycles, cycle_len, cycle_mult, size, precompute, seed, freeze_to)
+        and the flags freeze / unfreeze; options on the %%fit_cycles line are every
+        stage's defaults. Blank lines and # comments are skipped. Every line is checked
+        before the first stage runs. Example:
+            %%fit_cycles learn
+            lr=lr cycles=1 precompute=True
+            lr=lr cycles=3 precompute=False
+            unfreeze lr=[lr/9, lr/3, lr] cycles=3 cycle_mult=2
+
+        The display shows progress, each group's rate, the loss over the planned LR
+        curve and a table per epoch; its Stop button ends training at the next batch
+        boundary (later stages do not run). Without widgets: one line per epoch.
+        """
+        job = self.prepare_fit(line, cell)
+        error: BaseException | None = None
+        try:
+            job.run()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            job.finish(error)
+
+    def prepare_fit(self, line: str, cell: str | None) -> FitJob:
+        """Parse, evaluate and check every stage, then display the view (nothing runs)."""
+        args = self._parse(self.fit_cycles, line)
+        _exclusive(
+            line, ("--precompute", "--no-precompute"), ("--unfreeze", "--freeze", "--freeze-to")
+        )
+        learn = self._learner(args.learner)
+        defaults = {
+            key: value
+            for key, value in (
+                ("lr", args.lr),
+                ("cycles", args.cycles),
+                ("cycle_len", args.cycle_len),
+                ("cycle_mult", args.cycle_mult),
+                ("size", args.size),
+                ("precompute", args.precompute),
+                ("seed", args.seed),
+                ("freeze_to", args.freeze_to),
+            )
+            if value is not None
+        }
+        raw_stages = [("%fit_cycles", {})] if cell is None else parse_cell(cell)
+        stages = [self._stage(learn, {**defaults, **raw}, where) for where, raw in raw_stages]
+        labels = [stage.label() for stage in stages]
+        plans = [stage.plan for stage in stages]
+        if frontend.use_widgets(self.shell):
+            from nbtrain.views.progress import ProgressView
+
+            view: Any = ProgressView(plans, labels=labels, learn=learn, title="fit_cycles")
+            handle = self._show("fit_cycles", view)
+        else:
+            from nbtrain.views.text import TextProgress
+
+            view, handle = TextProgress(plans, labels=labels, title="fit_cycles"), None
+            self.last["fit_cycles"] = view
+        return FitJob(learn, stages, view, handle)
+
+    def _stage(self, learn: Learner, raw: dict[str, str], where: str) -> Stage:
+        """Evaluate one stage's expressions and check them against ``learn``."""
+
+        def ev(key: str) -> Any:
+            return self._ev(raw[key], f"{where}: {key}") if key in raw else None
+
+        if "lr" not in raw and "lr" not in self.shell.user_ns:
+            raise UsageError(
+                f"{where}: no rate given and no variable lr; pass lr=... (--lr), "
+                "or run %lr_find first"
+            )
+        lr = ev("lr") if "lr" in raw else self.shell.user_ns["lr"]
+        values = {key: ev(key) for key in STAGE_KEYS if key != "lr"}
+        for key in ("cycles", "cycle_len", "cycle_mult", "size", "seed", "freeze_to"):
+            value = values[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise UsageError(f"{where}: {key} must be a whole number, got {value!r}")
+        try:
+            plan = learn.plan(
+                lr,
+                *(
+                    1 if values[k] is None else values[k]
+                    for k in ("cycles", "cycle_len", "cycle_mult")
+                ),
+            )
+            self._check_stage(learn, values)
+        except ValueError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+        return Stage(
+            lr=plan.lrs,
+            plan=plan,
+            cycles=plan.cycles,
+            cycle_len=plan.cycle_len,
+            cycle_mult=plan.cycle_mult,
+            size=values["size"],
+            precompute=values["precompute"],
+            seed=values["seed"],
+            freeze_to=values["freeze_to"],
+            where=where,
+        )
+
+    @staticmethod
+    def _check_stage(learn: Learner, values: dict[str, Any]) -> None:
+        """Raise ValueError for what would fail half-way through the run."""
+        n = learn.n_groups
+        freeze_to, size, precompute = values["freeze_to"], values["size"], values["precompute"]
+        if freeze_to is not None and not -n <= freeze_to <= n:
+            raise ValueError(f"freeze_to needs a group index in [{-n}, {n}], got {freeze_to}")
+        if size is not None:
+            if not hasattr(learn.data, "set_size"):
+                raise ValueError(
+                    f"size needs image data; this learner's data "
+                    f"({type(learn.data).__name__}) has no set_size()"
+                )
+            if size < 1:
+                raise ValueError(f"size must be >= 1, got {size}")
+        if precompute is not None:
+            if not isinstance(precompute, bool):
+                raise ValueError(f"precompute must be True or False, got {precompute!r}")
+            if precompute:
+                before = learn.precompute
+                learn.precompute = True  # raises ValueError when it is not possible
+                learn.precompute = before
+
+    # ---- layer groups ------------------------------------------------------------------
+    def _show_layers(self, learn: Learner) -> None:
+        from nbtrain.views.freeze_panel import LayersReport, refresh_panels
+
+        refresh_panels(learn)
+        if frontend.use_widgets(self.shell):
+            from nbtrain.views.freeze_panel import FreezePanel
+
+            self._show("layers", FreezePanel(learn))
+        else:
+            self._show("layers", LayersReport(learn))
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("learner", help="name of a Learner in the namespace, e.g. learn")
+    @argument(
+        "--to",
+        default=None,
+        metavar="K",
+        help="freeze the groups before K and train the rest (default: all but the head)",
+    )
+    @line_magic
+    def freeze(self, line: str) -> None:
+        """Freeze layer groups, then show the layer-freeze panel.
+
+        Without --to only the last group (the head) trains; --to K freezes groups
+        0..K-1 and trains K and later (negative K counts from the end). Takes effect at
+        once: the next fit and lr_find use it (the optimizer keeps its momentum).
+        """
+        args = self._parse(self.freeze, line)
+        learn = self._learner(args.learner)
+        to = self._int(args.to, "--to")
+        try:
+            if to is None:
+                learn.freeze()
+            else:
+                learn.freeze_to(to)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        self._show_layers(learn)
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("learner", help="name of a Learner in the namespace, e.g. learn")
+    @line_magic
+    def unfreeze(self, line: str) -> None:
+        """Make every layer group trainable, then show the layer-freeze panel."""
+        learn = self._learner(self._parse(self.unfreeze, line).learner)
+        learn.unfreeze()
+        self._show_layers(learn)
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("learner", help="name of a Learner in the namespace, e.g. learn")
+    @line_magic
+    def layers(self, line: str) -> None:
+        """Show the layer-freeze panel: one row per layer group with its name, parameter
+        count, a trainable toggle (acts at once), BatchNorm mode and rate multiplier.
+        Without widgets: the same as a table."""
+        self._show_layers(self._learner(self._parse(self.layers, line).learner))
+
+    # ---- %nbtrain_config ---------------------------------------------------------------
+    @no_var_expand
+    @magic_arguments()
+    @argument(
+        "--widgets",
+        action="store_const",
+        const="widgets",
+        dest="mode",
+        default=None,
+        help="always use widgets",
+    )
+    @argument(
+        "--text", action="store_const", const="text", dest="mode", help="always use plain text"
+    )
+    @argument(
+        "--auto",
+        action="store_const",
+        const="auto",
+        dest="mode",
+        help="widgets inside a kernel, text elsewhere (the default)",
+    )
+    @line_magic
+    def nbtrain_config(self, line: str) -> None:
+        """Choose the front end of nbtrain's displays and print the choice.
+
+        --widgets or --text force one; --auto (the default) uses widgets inside a
+        Jupyter kernel and text elsewhere. The environment variable NBTRAIN_FRONTEND
+        (widgets, text, auto) applies when none is forced here.
+        """
+        args = self._parse(self.nbtrain_config, line)
+        if args.mode is not None:
+            frontend.set_mode(args.mode)
+        print(frontend.describe(self.shell))
+
+
+def last_view(kind: str, shell: Any = None) -> Any:
+    """The last view a magic displayed: ``"lr_find"``, ``"fit_cycles"`` or ``"layers"``."""
+    shell = shell if shell is not None else frontend.current_shell()
+    magics = shell.magics_manager.registry.get("NbtrainMagics") if shell else None
+    if magics is None:
+        raise ValueError("nbtrain is not loaded; run %load_ext nbtrain")
+    if kind not in magics.last:
+        raise ValueError(f"no {kind} view shown yet")
+    return magics.last[kind]
+
+
+def load_ipython_extension(ip: Any) -> None:
+    """Register the magics and the async rewrite of ``%fit_cycles`` cells."""
+    ip.register_magics(NbtrainMagics(ip))
+    if transform_async_cells not in ip.input_transformers_cleanup:
+        ip.input_transformers_cleanup.append(transform_async_cells)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    """Remove what :func:`load_ipython_extension` added, and the front-end override."""
+    manager = ip.magics_manager
+    instance = manager.registry.pop("NbtrainMagics", None)
+    for kind, names in NbtrainMagics.magics.items():
+        for name in names:
+            fn = manager.magics[kind].get(name)
+            if fn is not None and getattr(fn, "__self__", None) is instance:
+                del manager.magics[kind][name]
+    while transform_async_cells in ip.input_transformers_cleanup:
+        ip.input_transformers_cleanup.remove(transform_async_cells)
+    frontend.set_mode(None)

@@ -1,0 +1,123 @@
+"""Bookkeeping shared by the live and the text progress views: one run of SGDR stages.
+
+A run is one or more fits (the stages of a ``%%fit_cycles`` cell), each with its own
+:class:`~nbtrain.core.schedules.SGDRSchedule`. The core counts iterations, epochs and
+cycles per fit; views show them run-wide, so :class:`RunTracker` adds each stage's
+offsets and keeps the time of finished stages for a run-wide ETA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from nbtrain.core.schedules import SGDRSchedule
+from nbtrain.core.state import TrainState
+from nbtrain.views.format import epoch_cells, epoch_columns, plan_summary
+
+
+class RunTracker:
+    """Run-wide counters over the stages of one display.
+
+    Parameters
+    ----------
+    plans
+        The planned schedule of every stage, in order. A fit beyond them (a view used
+        as a plain listener of several ``fit_cycles`` calls) appends its own schedule.
+    labels
+        A short description of each stage (default: its plan summary).
+    """
+
+    def __init__(self, plans: Sequence[SGDRSchedule] = (), labels: Sequence[str] = ()) -> None:
+        self.plans: list[SGDRSchedule] = list(plans)
+        self.labels: list[str] = list(labels) + [plan_summary(p) for p in self.plans[len(labels) :]]
+        self.stage = -1  # 0-based index of the running (or last) stage
+        self.finished_seconds = 0.0  # training time of the stages already ended
+        self.states: list[TrainState] = []
+        self.rows: list[dict[str, Any]] = []
+        self.cells: list[list[str]] = []
+        self.metric_names: list[str] = []
+        self._recount()
+
+    # ---- offsets (cached: read at every batch) -------------------------------------
+    def _recount(self) -> None:
+        plans, stage = self.plans, max(self.stage, 0)
+        self.total_iters = sum(p.total_iters for p in plans)
+        self.total_epochs = sum(p.epochs for p in plans)
+        self.total_cycles = sum(p.cycles for p in plans)
+        self._it_offset = sum(p.total_iters for p in plans[:stage])
+        self._epoch_offset = sum(p.epochs for p in plans[:stage])
+        self._cycle_offset = sum(p.cycles for p in plans[:stage])
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.plans)
+
+    def iter_offset(self) -> int:
+        """Iterations of the stages before the running one."""
+        return self._it_offset
+
+    def global_it(self, state: TrainState) -> int:
+        """Finished iterations of the whole run."""
+        return self._it_offset + state.it
+
+    def global_epoch(self, state: TrainState) -> int:
+        """1-based epoch of the whole run."""
+        return self._epoch_offset + state.epoch + 1
+
+    def global_cycle(self, state: TrainState) -> int:
+        """1-based cycle of the whole run."""
+        return self._cycle_offset + state.cycle + 1
+
+    def eta(self, state: TrainState) -> float | None:
+        """Seconds left in the whole run, from the mean time per finished iteration."""
+        done = self.global_it(state)
+        if done <= 0:
+            return None
+        seconds = self.finished_seconds + state.elapsed
+        return seconds / done * (self.total_iters - done)
+
+    def seconds(self, state: TrainState | None = None) -> float:
+        """Training time so far (finished stages plus the running one)."""
+        return self.finished_seconds + (state.elapsed if state is not None else 0.0)
+
+    # ---- events ----------------------------------------------------------------------
+    def start_stage(self, state: TrainState) -> None:
+        self.stage += 1
+        if self.stage >= len(self.plans):
+            self.plans.append(state.schedule)
+            self.labels.append(plan_summary(state.schedule))
+        self.states.append(state)
+        self._recount()
+
+    def end_epoch(self, state: TrainState) -> list[str]:
+        """Record the epoch just finished; returns its table cells."""
+        record = state.history[-1]
+        if not self.metric_names:
+            self.metric_names = list(record.metrics)
+        epoch, cycle = self.global_epoch(state), self.global_cycle(state)
+        stage = self.stage + 1 if self.n_stages > 1 else None
+        cells = epoch_cells(record, epoch=epoch, cycle=cycle, stage=stage)
+        row = {"stage": self.stage + 1, **record.as_dict(), "epoch": epoch, "cycle": cycle}
+        self.rows.append(row)
+        self.cells.append(cells)
+        return cells
+
+    def end_stage(self, state: TrainState) -> None:
+        self.finished_seconds += state.elapsed
+
+    def columns(self) -> list[str]:
+        return epoch_columns(self.metric_names, stages=self.n_stages > 1)
+
+    # ---- how the run ended -------------------------------------------------------
+    @property
+    def last_state(self) -> TrainState | None:
+        return self.states[-1] if self.states else None
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.rows)
+
+    def skipped(self) -> int:
+        """Stages planned but never started."""
+        return max(self.n_stages - len(self.states), 0)

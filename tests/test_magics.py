@@ -1,0 +1,515 @@
+"""The magics through a real IPython shell, and the Stop button through a real kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import threading
+import time
+
+import pytest
+import torch
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+from torch import nn
+from torch.utils.data import DataLoader
+
+from nbtrain.core import DataLoaders, Learner
+from nbtrain.core.features import BodyHead, FeatureCache
+from nbtrain.magics import last_view, run_async, split_tokens, transform_async_cells
+from nbtrain.views import frontend
+from nbtrain.views.freeze_panel import FreezePanel
+from nbtrain.views.lr_plot import LRFinderPlot
+from nbtrain.views.progress import ProgressView
+from tests.core.conftest import assert_same_state, make_mlp, model_state, xor_data
+
+
+class TensorData:
+    """In-memory data that can key a precompute cache and be resized, like ImageData."""
+
+    def __init__(self, n: int = 64, *, augment: bool = False, bs: int = 32) -> None:
+        self.train_ds, self.valid_ds = xor_data(n, seed=0), xor_data(32, seed=1)
+        self.bs, self.augment, self.size, self.sizes = bs, augment, 1, []
+
+    @property
+    def train(self):
+        return DataLoader(self.train_ds, batch_size=self.bs, shuffle=True)
+
+    @property
+    def fix(self):
+        return DataLoader(self.train_ds, batch_size=self.bs)
+
+    @property
+    def valid(self):
+        return DataLoader(self.valid_ds, batch_size=self.bs)
+
+    def file_signature(self, split):
+        ds = self.train_ds if split == "train" else self.valid_ds
+        return hashlib.sha256(ds.tensors[0].numpy().tobytes()).hexdigest()
+
+    def eval_signature(self):
+        return f"size={self.size}"
+
+    def set_size(self, size):
+        self.size = size
+        self.sizes.append(size)
+
+
+def body_head_learner(tmp_path, data=None) -> Learner:
+    torch.manual_seed(0)
+    body = nn.Sequential(
+        nn.Linear(2, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU()
+    )
+    model = BodyHead(body, nn.Linear(16, 2))
+    learn = Learner(
+        model,
+        data or TensorData(),
+        layer_groups=[body[:2], body[2:], model.head],
+        device="cpu",
+        path=tmp_path,
+    )
+    learn.feature_cache = FeatureCache(tmp_path / "cache")
+    learn.freeze()
+    return learn
+
+
+@pytest.fixture(scope="module")
+def ip():
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "nbtrain")
+    yield shell
+    shell.run_line_magic("unload_ext", "nbtrain")
+
+
+@pytest.fixture(autouse=True)
+def _clean(ip, monkeypatch):
+    monkeypatch.delenv(frontend.ENV_VAR, raising=False)
+    frontend.set_mode("text")  # the shell has no kernel; tests that want widgets say so
+    yield
+    frontend.set_mode(None)
+    for name in ("learn", "lr", "my_lr", "other"):
+        ip.user_ns.pop(name, None)
+
+
+@pytest.fixture
+def learn(ip, tmp_path) -> Learner:
+    torch.manual_seed(0)
+    train = DataLoader(xor_data(64, seed=0), batch_size=16, shuffle=True)
+    valid = DataLoader(xor_data(32, seed=1), batch_size=32)
+    ip.user_ns["learn"] = learner = Learner(
+        make_mlp(), DataLoaders(train, valid), device="cpu", path=tmp_path
+    )
+    return learner
+
+
+def shown(out) -> str:
+    """Everything a captured cell showed as text: printed lines and displayed objects."""
+    return out.stdout + "".join(o.data.get("text/plain", "") + "\n" for o in out.outputs)
+
+
+def snapshot(learn: Learner) -> tuple:
+    return model_state(learn.model), list(learn.trainable), len(learn.fits), learn.precompute
+
+
+def assert_unchanged(learn: Learner, before: tuple) -> None:
+    weights, trainable, fits, precompute = before
+    assert_same_state(model_state(learn.model), weights)
+    assert (list(learn.trainable), len(learn.fits), learn.precompute) == (
+        trainable,
+        fits,
+        precompute,
+    )
+
+
+# ------------------------------------------------------------- load / unload
+def test_load_registers_and_unload_removes(ip):
+    magics = ip.magics_manager.magics
+    names = ("lr_find", "fit_cycles", "freeze", "unfreeze", "layers", "nbtrain_config")
+    assert all(name in magics["line"] for name in names) and "fit_cycles" in magics["cell"]
+    assert transform_async_cells in ip.input_transformers_cleanup
+    ip.run_line_magic("unload_ext", "nbtrain")
+    try:
+        assert not any(name in magics["line"] for name in names)
+        assert "fit_cycles" not in magics["cell"]
+        assert transform_async_cells not in ip.input_transformers_cleanup
+        assert "NbtrainMagics" not in ip.magics_manager.registry
+        with pytest.raises(UsageError, match="not found"):
+            ip.run_line_magic("lr_find", "learn")
+    finally:
+        ip.run_line_magic("load_ext", "nbtrain")
+    assert "lr_find" in magics["line"]
+
+
+def test_help_shows_the_usage(ip, capsys):
+    ip.run_cell("%lr_find?")
+    out = capsys.readouterr().out
+    assert "%lr_find [--start LR] [--end LR] [--iters N] [--seed N] [--into NAME]" in out
+    assert "Run the LR range test" in out
+    doc = ip.find_cell_magic("fit_cycles").__doc__
+    assert "--cycle-mult M" in doc and "unfreeze lr=[lr/9, lr/3, lr]" in doc
+
+
+# ----------------------------------------------------------------- %lr_find
+def test_lr_find_sets_the_variable_named_by_into(ip, learn):
+    before = model_state(learn.model)
+    with capture_output() as out:
+        ip.run_line_magic("lr_find", "learn --iters 20 --end 1 --into my_lr")
+    view = last_view("lr_find", ip)
+    assert ip.user_ns["my_lr"] == view.result.suggestion is not None
+    assert "suggestions: valley" in shown(out) and "stored in `my_lr`" in shown(out)
+    assert "image/png" in out.outputs[0].data  # the static plot
+    assert_same_state(model_state(learn.model), before)  # the range test restores the model
+
+
+def test_lr_find_widget_pick_updates_the_variable(ip, learn):
+    frontend.set_mode("widgets")
+    with capture_output():
+        ip.run_line_magic("lr_find", 'learn --iters 20 --end 1 --start "1e-6"')
+    plot = last_view("lr_find", ip)
+    assert isinstance(plot, LRFinderPlot) and ip.user_ns["lr"] == plot.suggestion
+    picked = plot.pick(1e-2)
+    assert ip.user_ns["lr"] == picked and picked in plot.result.lrs
+
+
+# -------------------------------------------------------------- UsageErrors
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("lern --lr 0.1", "no learner named 'lern' in the namespace; did you mean 'learn'?"),
+        ("nothing --lr 0.1", "create one with nothing = Learner.pretrained(data)"),
+        ("learn --lr 0.1 --bogus 3", "unrecognized arguments: --bogus 3"),
+        ("learn --lr [1e-3,1e-2]", "got 2 learning rates for 3 layer groups"),
+        ("learn --lr [1e-3, 1e-2, 1e-1]", "quote an expression with spaces"),
+        ("learn --lr 0.1 --cycles -1", "cycles must be >= 1, got -1"),
+        ("learn --lr 0.1 --cycles 1.5", "cycles must be a whole number"),
+        ("learn --lr lrr", "cannot evaluate 'lrr': NameError"),
+        ("learn --lr 0.1 --size 64", "size needs image data"),
+        ("learn --lr 0.1 --precompute", "precompute is not possible here"),
+        ("learn --lr 0.1 --freeze-to 7", "freeze_to needs a group index in [-3, 3]"),
+        ("learn", "no rate given and no variable lr"),
+        ("learn --lr 0.1 --unfreeze --freeze-to 1", "--unfreeze and --freeze-to contradict"),
+    ],
+)
+def test_fit_cycles_mistakes_raise_usage_error_and_change_nothing(ip, learn, line, message):
+    ip.user_ns["other"] = 1
+    before = snapshot(learn)
+    with capture_output() as out, pytest.raises(UsageError) as err:
+        ip.run_line_magic("fit_cycles", line)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert_unchanged(learn, before)
+    assert out.stdout == "" and out.outputs == []  # nothing shown either
+
+
+def test_a_bad_stage_on_line_3_is_rejected_before_stage_1_runs(ip, learn):
+    before = snapshot(learn)
+    cell = "lr=0.1 cycles=1\nunfreeze lr=0.01\ncycles=2 cycle_lenn=2\n"
+    with pytest.raises(UsageError, match="line 3: unknown key 'cycle_lenn'; did you mean"):
+        ip.run_cell_magic("fit_cycles", "learn", cell)
+    assert_unchanged(learn, before)
+    for cell, message in [
+        ("lr=0.1\nunfreez lr=0.1", "line 2: 'unfreez' is neither key=value nor a flag"),
+        ("lr=0.1\n\nlr=[0.1, 0.2", "line 3: unclosed '['"),
+        ("lr=0.1 lr=0.2", "line 1: lr is given twice"),
+        ("lr=0.1 cycles=", "line 1: cycles= needs a value"),
+        ("# only a comment\n", "no stages in the cell"),
+        ("lr=0.1\nlr=0.1 cycle_mult=0", "line 2: cycle_mult must be >= 1"),
+    ]:
+        with pytest.raises(UsageError) as err:
+            ip.run_cell_magic("fit_cycles", "learn", cell)
+        assert message in str(err.value)
+    assert_unchanged(learn, before)
+
+
+def test_other_magics_reject_mistakes(ip, learn):
+    with pytest.raises(UsageError, match="--into needs a variable name"):
+        ip.run_line_magic("lr_find", "learn --into 1x")
+    with pytest.raises(UsageError, match="need 0 < start < end"):
+        ip.run_line_magic("lr_find", "learn --start 1 --end 0.1")
+    with pytest.raises(UsageError, match="freeze_to needs a group index"):
+        ip.run_line_magic("freeze", "learn --to 9")
+    ip.user_ns["other"] = 3
+    with pytest.raises(UsageError, match="'other' is a int, not a Learner"):
+        ip.run_line_magic("layers", "other")
+    learn.freeze_to(3)
+    with pytest.raises(UsageError, match="every layer group is frozen"):
+        ip.run_line_magic("lr_find", "learn")
+
+
+def test_stage_tokens_respect_brackets_and_quotes():
+    assert split_tokens("unfreeze lr=[lr/9, lr/3, lr] cycles=3  # three cycles") == [
+        "unfreeze",
+        "lr=[lr/9, lr/3, lr]",
+        "cycles=3",
+    ]
+    assert split_tokens("lr=f('a b') seed=int(\"1 \".strip())") == [
+        "lr=f('a b')",
+        'seed=int("1 ".strip())',
+    ]
+
+
+# ------------------------------------------------------------- %fit_cycles
+def test_line_magic_runs_one_sgdr_fit(ip, learn):
+    ip.user_ns["lr"] = 0.05
+    with capture_output() as out:
+        ip.run_line_magic("fit_cycles", "learn --cycles 2 --cycle-mult 2 --seed 1")
+    state = learn.fits[-1]
+    assert state.status == "done" and state.epochs == 3 and state.schedule.lrs == (0.05,) * 3
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("fit_cycles 2 cycles of 1 + 2 epochs = 3 epochs")
+    assert lines[-1].startswith("done: 3 epochs")
+
+
+def test_cell_magic_runs_the_stages_in_order(ip, tmp_path):
+    learn = ip.user_ns["learn"] = body_head_learner(tmp_path)
+    ip.user_ns["lr"] = 0.05
+    cell = """
+    # the checklist: head on cached features, then with images, then everything
+    lr=lr cycles=1 precompute=True
+    lr=lr cycles=2 precompute=False size=2
+
+    unfreeze lr=[lr/9, lr/3, lr] cycles=2 cycle_mult=2
+    """
+    seen = []
+    learn.events.on("fit_start", lambda s: seen.append((learn.uses_cache, learn.trainable)))
+    with capture_output() as out:
+        ip.run_cell_magic("fit_cycles", "learn", cell)
+    assert [s.status for s in learn.fits] == ["done"] * 3
+    assert [(s.schedule.cycles, s.epochs) for s in learn.fits] == [(1, 1), (2, 2), (2, 3)]
+    assert learn.fits[2].schedule.lrs == pytest.approx((0.05 / 9, 0.05 / 3, 0.05))
+    assert seen == [
+        (True, [False, False, True]),
+        (False, [False, False, True]),
+        (False, [True, True, True]),
+    ]
+    assert learn.data.sizes == [2]
+    assert learn.trainable == [True, True, True] and learn.precompute is False
+    headers = [line for line in out.stdout.splitlines() if line.startswith("fit_cycles stage")]
+    assert [h.split(":")[0] for h in headers] == [f"fit_cycles stage {i}/3" for i in (1, 2, 3)]
+    assert out.stdout.splitlines()[-1].startswith("done: 6 epochs")
+
+
+def test_cell_magic_under_one_progress_view(ip, learn):
+    frontend.set_mode("widgets")
+    with capture_output():
+        ip.run_cell_magic("fit_cycles", "learn --lr 0.05", "cycles=1\nfreeze_to=1 cycles=2\n")
+    view = last_view("fit_cycles", ip)
+    assert isinstance(view, ProgressView) and view.stages == 2 and view.status == "done"
+    assert view.it == view.total_iters == sum(s.total_iters for s in learn.fits)
+    assert learn.trainable == [False, True, True]
+    assert view.message.startswith("done: 3 epochs")
+
+
+def test_core_warnings_become_one_line(ip, tmp_path, recwarn):
+    learn = ip.user_ns["learn"] = body_head_learner(tmp_path, TensorData(augment=True))
+    with capture_output() as out:
+        ip.run_line_magic("fit_cycles", "learn --lr 0.05 --precompute")
+    assert "warning: precompute is on, so the head trains on cached activations" in out.stdout
+    with capture_output() as out:
+        ip.run_line_magic("fit_cycles", "learn --lr 1e30 --cycles 3 --no-precompute --unfreeze")
+    assert learn.fits[-1].status == "diverged"
+    assert out.stdout.splitlines()[-1].startswith("diverged: loss became")
+    assert not [w for w in recwarn if "nbtrain" in str(w.filename)]
+
+
+# ------------------------------------------------------- freeze, unfreeze, layers
+def test_freeze_unfreeze_and_layers(ip, learn):
+    with capture_output() as out:
+        ip.run_line_magic("freeze", "learn")
+    assert learn.trainable == [False, False, True]
+    assert "2 of 3 groups frozen" in shown(out) and "body (early)" in shown(out)
+    ip.run_line_magic("freeze", "learn --to 1")
+    assert learn.trainable == [False, True, True]
+    ip.run_line_magic("unfreeze", "learn")
+    assert learn.trainable == [True, True, True]
+    frontend.set_mode("widgets")
+    with capture_output():
+        ip.run_line_magic("layers", "learn")
+    panel = last_view("layers", ip)
+    assert isinstance(panel, FreezePanel)
+    panel.toggle(0)
+    assert learn.trainable == [False, True, True]
+    ip.run_line_magic("unfreeze", "learn")
+    assert panel.trainable == [True, True, True]  # live panels follow the magics
+
+
+def test_nbtrain_config(ip, capsys, monkeypatch):
+    ip.run_line_magic("nbtrain_config", "--auto")
+    assert "front end: text (auto" in capsys.readouterr().out
+    ip.run_line_magic("nbtrain_config", "--widgets")
+    assert frontend.use_widgets(ip)
+    monkeypatch.setenv(frontend.ENV_VAR, "widgets")
+    ip.run_line_magic("nbtrain_config", "--auto")
+    assert "forced by $NBTRAIN_FRONTEND" in capsys.readouterr().out
+
+
+# ------------------------------------------------- the async path (Stop, interrupt)
+def test_cells_are_rewritten_only_when_widgets_are_in_use(ip):
+    frontend.set_mode("widgets")
+    assert (
+        "await __import__('nbtrain.magics').magics.run_async('fit_cycles', 'learn --lr 1'"
+        in ip.transform_cell("%fit_cycles learn --lr 1\nx = 1\n")
+    )
+    assert "run_async('fit_cycles', 'learn', 'lr=1\\ncycles=2\\n')" in ip.transform_cell(
+        "%%fit_cycles learn\nlr=1\ncycles=2\n"
+    )
+    for cell in (
+        "%fit_cycles?",
+        "%%time\n%fit_cycles learn\n",
+        "if x:\n    %fit_cycles learn\n",
+        "%lr_find learn\n",
+    ):
+        assert "await" not in ip.transform_cell(cell)
+    frontend.set_mode("text")
+    assert "await" not in ip.transform_cell("%fit_cycles learn --lr 1\n")
+
+
+def test_a_rewritten_cell_trains_in_a_worker_and_stop_ends_it(ip, tmp_path):
+    train = DataLoader(xor_data(4096, seed=0), batch_size=16, shuffle=True)
+    valid = DataLoader(xor_data(32, seed=1), batch_size=32)
+    learn = ip.user_ns["learn"] = Learner(
+        make_mlp(), DataLoaders(train, valid), device="cpu", path=tmp_path
+    )
+    frontend.set_mode("widgets")
+    threads = []
+    learn.events.on("fit_start", lambda s: threads.append(threading.current_thread().name))
+
+    def click_stop():  # the event loop is free while the worker trains: a click gets through
+        deadline = time.monotonic() + 30
+        while not (learn.fits and learn.fits[-1].it >= 5) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        last_view("fit_cycles", ip).stop_button.click()
+
+    clicker = threading.Thread(target=click_stop)
+    clicker.start()
+    with capture_output():
+        result = ip.run_cell("%fit_cycles learn --lr 0.05 --cycles 20")
+    clicker.join()
+    assert result.success, result.error_in_exec
+    assert threads == ["nbtrain-fit"]
+    state = learn.fits[-1]
+    assert state.status == "stopped" and 5 <= state.it < state.total_iters
+    assert last_view("fit_cycles", ip).message.startswith("stopped: stopped after iteration")
+
+
+def test_a_kernel_interrupt_ends_the_worker_fit_at_a_batch_boundary(ip, tmp_path):
+    train = DataLoader(xor_data(4096, seed=0), batch_size=16, shuffle=True)
+    valid = DataLoader(xor_data(32, seed=1), batch_size=32)
+    learn = ip.user_ns["learn"] = Learner(
+        make_mlp(), DataLoaders(train, valid), device="cpu", path=tmp_path
+    )
+    frontend.set_mode("widgets")
+
+    async def interrupt_after_a_few_batches():
+        task = asyncio.ensure_future(run_async("fit_cycles", "learn --lr 0.05 --cycles 20"))
+        while not (learn.fits and learn.fits[-1].it >= 3):
+            await asyncio.sleep(0.01)
+        task.cancel()  # what ipykernel does with an async cell on SIGINT
+        await task
+
+    with capture_output(), pytest.raises(KeyboardInterrupt):
+        asyncio.run(interrupt_after_a_few_batches())
+    state = learn.fits[-1]
+    assert state.status == "interrupted" and 3 <= state.it < state.total_iters
+    assert "interrupted after iteration" in state.message
+    assert all(p.grad is None for p in learn.model.parameters())
+    assert learn.request_stop() is False  # no fit left running
+    assert math.isfinite(learn.evaluate()["loss"])
+
+
+# ---------------------------------------------------------- a real kernel
+SETUP = """
+import torch
+torch.set_num_threads(1)
+from torch.utils.data import DataLoader
+from nbtrain.core import DataLoaders, Learner
+from tests.core.conftest import make_mlp, xor_data
+%load_ext nbtrain
+data = DataLoaders(DataLoader(xor_data(8192), batch_size=16, shuffle=True), None)
+learn = Learner(make_mlp(), data, device="cpu")
+"""
+
+
+def execute(kc, code, on_msg=None, timeout=120.0):
+    """Run ``code``; call ``on_msg(msg)`` for every iopub message meanwhile; return errors."""
+    import queue
+
+    msg_id, errors, deadline = kc.execute(code), [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = kc.get_iopub_msg(timeout=0.05)
+        except queue.Empty:
+            msg = None
+        if on_msg is not None:
+            on_msg(msg)
+        if msg is None or msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "error":
+            errors.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return errors
+    raise TimeoutError(code)
+
+
+def test_stop_click_reaches_a_fit_in_a_real_kernel(tmp_path, monkeypatch):
+    """A browser's click is a comm_msg on the shell channel: send one mid-fit."""
+    pytest.importorskip("ipykernel", minversion="7.4")
+    manager = pytest.importorskip("jupyter_client.manager")
+    from pathlib import Path
+
+    # This environment's own kernel: no user-level "python3" kernelspec in the way.
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("NBTRAIN_FRONTEND", "auto")
+
+    repo = Path(__file__).resolve().parents[1]
+    km, kc = manager.start_new_kernel(kernel_name="python3", cwd=str(repo))
+    try:
+        assert execute(kc, SETUP) == []
+        found = {"stop": None, "live": False, "clicked": None}
+
+        def click_when_live(msg):
+            if msg is not None and msg["msg_type"] == "comm_open":
+                state = msg["content"]["data"].get("state", {})
+                if state.get("_model_name") == "ButtonModel" and state.get("description") == "Stop":
+                    found["stop"] = msg["content"]["comm_id"]
+            if msg is not None and msg["msg_type"] == "comm_msg":
+                state = msg["content"]["data"].get("state", {})
+                if str(state.get("value", "")).startswith("it ") and not state["value"].startswith(
+                    "it 0/"
+                ):
+                    found["live"] = True  # the progress label moved: training is running
+            if found["stop"] and found["live"] and found["clicked"] is None:
+                content = {
+                    "comm_id": found["stop"],
+                    "data": {"method": "custom", "content": {"event": "click"}},
+                }
+                kc.session.send(kc.shell_channel.socket, kc.session.msg("comm_msg", content))
+                found["clicked"] = time.monotonic()
+
+        assert execute(kc, "%fit_cycles learn --lr 0.05 --cycles 30", click_when_live) == []
+        ended = time.monotonic()
+        assert found["clicked"] is not None, "the fit ended before Stop could be clicked"
+        assert ended - found["clicked"] < 5.0
+        report = "s = learn.fits[-1]; assert s.status == 'stopped' and s.it < s.total_iters, s"
+        assert execute(kc, report) == []
+
+        def interrupt_when_live(msg):
+            if found["clicked"] is None:
+                return
+            if msg is not None and msg["msg_type"] == "comm_msg":
+                value = str(msg["content"]["data"].get("state", {}).get("value", ""))
+                if value.startswith("it ") and not value.startswith("it 0/"):
+                    km.interrupt_kernel()
+                    found["clicked"] = None
+
+        errors = execute(kc, "%fit_cycles learn --lr 0.05 --cycles 30", interrupt_when_live)
+        assert len(errors) == 1 and errors[0].startswith("KeyboardInterrupt: interrupted after")
+        report = (
+            "s = learn.fits[-1]; assert s.status == 'interrupted' and s.it < s.total_iters\n"
+            "assert learn.fit_cycles(0.05, 1).status == 'done'"
+        )
+        assert execute(kc, report) == []
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
