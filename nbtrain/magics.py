@@ -776,10 +776,8 @@ class NbtrainMagics(Magics):
         if precompute is not None:
             if not isinstance(precompute, bool):
                 raise ValueError(f"precompute must be True or False, got {precompute!r}")
-            if precompute:
-                before = learn.precompute
-                learn.precompute = True  # raises ValueError when it is not possible
-                learn.precompute = before
+            if precompute and (reason := learn.precompute_unsupported()):
+                raise ValueError(f"precompute is not possible here: {reason}")
 
     # ---- layer groups ------------------------------------------------------------------
     def _show_layers(self, learn: Learner) -> None:

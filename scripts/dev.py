@@ -3,7 +3,7 @@
 
 Needs only python3 (3.10+):
 
-    python3 scripts/dev.py run     # set up, then train on the offline default data
+    python3 scripts/dev.py run     # set up, then run the checklist notebook on offline data
     python3 scripts/dev.py test    # set up, then lint (ruff) and run every test (pytest)
     python3 scripts/dev.py lint    # set up, then lint only
 
@@ -111,8 +111,8 @@ def main(argv: list[str]) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     if command == "run":
-        setup("")
-        sh(PY, "-m", "nbtrain.demo", *rest)
+        setup("lab")
+        sh(PY, "-m", "nbtrain.notebook_job", *rest)
     elif command == "lint":
         setup("test")
         lint()

@@ -253,6 +253,10 @@ class Learner:
                 raise ValueError(f"precompute is not possible here: {reason}")
         self._precompute = bool(value)
 
+    def precompute_unsupported(self) -> str | None:
+        """Why precompute cannot be turned on for this learner, or None when it can."""
+        return self._precompute_unsupported()
+
     def _precompute_unsupported(self) -> str | None:
         if not isinstance(self.model, BodyHead):
             return "the model is not a body + head (nbtrain.core.features.BodyHead)"
@@ -423,6 +427,11 @@ class Learner:
         reseed = getattr(self.data, "reseed", None)
         if reseed is not None:  # data with its own generator (e.g. ImageData's shuffling)
             reseed(seed)
+
+    @property
+    def running(self) -> TrainState | None:
+        """The state of the fit in progress (e.g. in a worker thread), or None."""
+        return self._running
 
     def request_stop(self) -> bool:
         """Stop the running fit at the next batch boundary; False if none is running."""

@@ -33,7 +33,7 @@ _live: weakref.WeakSet[FreezePanel] = weakref.WeakSet()
 
 def is_fitting(learn: Any) -> bool:
     """Whether ``learn`` is inside ``fit_cycles`` right now (toggles wait until it ends)."""
-    return getattr(learn, "_running", None) is not None
+    return getattr(learn, "running", None) is not None
 
 
 def bn_mode(learn: Any, i: int) -> str:
