@@ -22,6 +22,7 @@ from nbtrain.core.features import BodyHead, FeatureCache, Features
 from nbtrain.core.loop import fit
 from nbtrain.core.lr_range import LRRangeResult, run_lr_range
 from nbtrain.core.schedules import SGDRSchedule, resolve_lrs
+from nbtrain.core.snapshot import clone_state_dict
 from nbtrain.core.state import EpochRecord, Snapshot, TrainState
 from nbtrain.core.stepper import (
     Metric,
@@ -399,6 +400,8 @@ class Learner:
         self.fits.append(state)
 
         def keep(snapshot: Snapshot) -> None:
+            if model is not self.model:  # a head on cached activations: keep the whole model
+                snapshot.state_dict = clone_state_dict(self.model, device="cpu")
             self.snapshots.append(snapshot)
             if save_snapshots:
                 self.save(f"{save_snapshots}_cyc_{snapshot.cycle}", with_opt=False)

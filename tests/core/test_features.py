@@ -91,6 +91,18 @@ def test_head_trains_on_cached_activations_and_body_stays(tmp_path):
     assert learn.validate()["loss"] < untrained * 0.9
 
 
+def test_snapshots_of_a_cached_fit_hold_the_whole_model(tmp_path):
+    learn = make_learner(tmp_path)
+    learn.precompute = True
+    learn.fit_cycles(0.5, cycles=2)
+    assert learn.snapshots[0].state_dict.keys() == learn.model.state_dict().keys()
+    final = model_state(learn.model)
+    learn.load_snapshot(0)
+    assert not torch.equal(final["head.weight"], learn.model.head.weight)
+    learn.load_snapshot(-1)
+    assert torch.equal(final["head.weight"], learn.model.head.weight)
+
+
 def test_precompute_changes_speed_not_results(tmp_path):
     results = []
     for precompute in (False, True):
