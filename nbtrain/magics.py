@@ -462,10 +462,20 @@ class NbtrainMagics(Magics):
         try:
             return parse_argstring(magic, line)
         except (UsageError, ValueError) as exc:  # ValueError: unbalanced quotes
-            hint = ""
-            if "unrecognized arguments" in str(exc):
-                hint = '; quote an expression with spaces, e.g. --lr "[lr/9, lr/3, lr]"'
-            name = magic.__name__
+            hint, name = "", magic.__name__
+            text = str(exc)
+            if "unrecognized arguments" in text:
+                unknown = [w for w in text.split(":", 1)[1].split() if w.startswith("--")]
+                known = [
+                    o for a in magic.parser._actions for o in a.option_strings if o.startswith("--")
+                ]
+                close = [
+                    difflib.get_close_matches(w.replace("_", "-"), known, n=1) for w in unknown
+                ]
+                if any(close):
+                    hint = "; did you mean " + ", ".join(c[0] for c in close if c) + "?"
+                elif "--lr" in known:
+                    hint = '; quote an expression with spaces, e.g. --lr "[lr/9, lr/3, lr]"'
             raise UsageError(f"{exc}{hint}; see %{name}? for the options") from None
 
     def _learner(self, name: str) -> Learner:
@@ -482,7 +492,7 @@ class NbtrainMagics(Magics):
         learn = ns[name]
         if not isinstance(learn, Learner):
             raise UsageError(
-                f"{name!r} is a {type(learn).__name__}, not a Learner; "
+                f"{name!r} is of type {type(learn).__name__}, not a Learner; "
                 f"create one with {name} = {LEARNER_HINT}"
             )
         return learn
@@ -763,8 +773,11 @@ class NbtrainMagics(Magics):
         """Raise ValueError for what would fail half-way through the run."""
         n = learn.n_groups
         freeze_to, size, precompute = values["freeze_to"], values["size"], values["precompute"]
-        if freeze_to is not None and not -n <= freeze_to <= n:
-            raise ValueError(f"freeze_to needs a group index in [{-n}, {n}], got {freeze_to}")
+        if freeze_to is not None and not -n <= freeze_to < n:
+            raise ValueError(
+                f"freeze_to needs a group index in [{-n}, {n - 1}], got {freeze_to} "
+                "(at least the last group must train)"
+            )
         if size is not None:
             if not hasattr(learn.data, "set_size"):
                 raise ValueError(

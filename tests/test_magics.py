@@ -187,7 +187,7 @@ def test_lr_find_widget_pick_updates_the_variable(ip, learn):
         ("learn --lr lrr", "cannot evaluate 'lrr': NameError"),
         ("learn --lr 0.1 --size 64", "size needs image data"),
         ("learn --lr 0.1 --precompute", "precompute is not possible here"),
-        ("learn --lr 0.1 --freeze-to 7", "freeze_to needs a group index in [-3, 3]"),
+        ("learn --lr 0.1 --freeze-to 7", "freeze_to needs a group index in [-3, 2]"),
         ("learn", "no rate given and no variable lr"),
         ("learn --lr 0.1 --unfreeze --freeze-to 1", "--unfreeze and --freeze-to contradict"),
     ],
@@ -230,9 +230,10 @@ def test_other_magics_reject_mistakes(ip, learn):
     with pytest.raises(UsageError, match="freeze_to needs a group index"):
         ip.run_line_magic("freeze", "learn --to 9")
     ip.user_ns["other"] = 3
-    with pytest.raises(UsageError, match="'other' is a int, not a Learner"):
+    with pytest.raises(UsageError, match="'other' is of type int, not a Learner"):
         ip.run_line_magic("layers", "other")
-    learn.freeze_to(3)
+    for group in range(learn.n_groups):
+        learn.set_trainable(group, False)
     with pytest.raises(UsageError, match="every layer group is frozen"):
         ip.run_line_magic("lr_find", "learn")
 
@@ -513,3 +514,11 @@ def test_stop_click_reaches_a_fit_in_a_real_kernel(tmp_path, monkeypatch):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_a_typo_in_an_option_gets_a_did_you_mean(ip, learn):
+    with pytest.raises(UsageError, match=r"did you mean --cycle-len\?"):
+        ip.run_line_magic("fit_cycles", "learn --lr 0.1 --cycle_len 2")
+    with pytest.raises(UsageError) as err:
+        ip.run_line_magic("layers", "learn --bogus")
+    assert "--lr" not in str(err.value)

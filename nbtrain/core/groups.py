@@ -184,10 +184,16 @@ def set_trainable(group: LayerGroup, trainable: bool) -> None:
 
 
 def freeze_to(groups: Sequence[LayerGroup], n: int) -> None:
-    """Freeze groups ``[0, n)`` and unfreeze ``[n, len)``; ``n`` may be negative (-1: the head)."""
+    """Freeze groups ``[0, n)`` and unfreeze ``[n, len)``; ``n`` may be negative (-1: the head).
+
+    ``n == len(groups)`` would freeze everything, leaving nothing to train: refused.
+    """
     count = len(groups)
-    if isinstance(n, bool) or not isinstance(n, int) or not -count <= n <= count:
-        raise ValueError(f"freeze_to needs a group index in [{-count}, {count}], got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not -count <= n < count:
+        raise ValueError(
+            f"freeze_to needs a group index in [{-count}, {count - 1}], got {n!r} "
+            "(at least the last group must train)"
+        )
     n = n % count if n < 0 else n
     for i, group in enumerate(groups):
         set_trainable(group, i >= n)

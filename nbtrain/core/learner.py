@@ -89,7 +89,8 @@ class Learner:
     opt_func
         ``opt_func(param_groups, wd=wd) -> Optimizer``; default SGD with momentum 0.9.
     device
-        Default: CUDA if available, else the CPU (see :func:`default_device`).
+        Default: CUDA if available, else Apple's MPS, else the CPU (see
+        :func:`default_device`).
     mixed_precision
         Autocast; default on for CUDA (bfloat16, or float16 with a gradient scaler),
         off on the CPU.
@@ -385,6 +386,10 @@ class Learner:
         weights are kept in ``learn.snapshots``.
         """
         schedule = self.plan(lr, cycles, cycle_len, cycle_mult)
+        if not any(self.trainable):
+            raise ValueError(
+                "every layer group is frozen; unfreeze one (e.g. learn.freeze()) to train"
+            )
         self._seed(seed)
         if self.uses_cache and getattr(self.data, "augment", False) and not self._told_augment:
             self._told_augment = True  # once per learner: the checklist starts this way
@@ -618,6 +623,9 @@ class Learner:
         """Put the weights of an SGDR snapshot (``learn.snapshots[index]``) back."""
         if not self.snapshots:
             raise ValueError("no snapshots yet; they are taken at the end of each cycle")
+        count = len(self.snapshots)
+        if not -count <= index < count:
+            raise ValueError(f"no snapshot {index}; there are {count} (0..{count - 1})")
         snap = self.snapshots[index]
         self.model.load_state_dict(snap.state_dict)
         return snap

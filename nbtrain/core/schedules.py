@@ -206,6 +206,10 @@ def resolve_lrs(lr: float | Sequence[float] | slice, n_groups: int) -> tuple[flo
         lo, hi = lr.start, lr.stop
         if hi is None:
             raise ValueError(f"a slice of rates needs a stop value, got {lr!r}")
+        if lo is not None and lo > hi:
+            raise ValueError(
+                f"slice({lo}, {hi}) gives earlier groups higher rates; use slice(low, high)"
+            )
         if lo is None:
             rates = [hi / 10] * (n_groups - 1) + [hi]
         elif n_groups == 1:
@@ -222,7 +226,8 @@ def resolve_lrs(lr: float | Sequence[float] | slice, n_groups: int) -> tuple[flo
             raise ValueError(f"learning rates must be numbers, got {lr!r}") from None
         if len(rates) != n_groups:
             raise ValueError(
-                f"got {len(rates)} learning rates for {n_groups} layer groups; "
+                f"got {len(rates)} learning rate{'s' if len(rates) != 1 else ''} for "
+                f"{n_groups} layer groups; "
                 f"give one rate, or exactly {n_groups}"
             )
     else:

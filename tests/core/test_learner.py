@@ -265,3 +265,18 @@ def test_bn_freeze_keeps_running_statistics_in_trainable_groups(learn):
     learn.bn_freeze(False)
     learn.fit_cycles(0.1)
     assert not torch.equal(after["0.1.running_mean"], model_state(learn.model)["0.1.running_mean"])
+
+
+def test_nothing_trains_is_refused_before_anything_changes(learn):
+    with pytest.raises(ValueError, match=r"at least the last group must train"):
+        learn.freeze_to(3)
+    assert learn.trainable == [True, True, True]
+    for g in range(3):
+        learn.set_trainable(g, False)
+    with pytest.raises(ValueError, match="every layer group is frozen"):
+        learn.fit_cycles(0.1)
+    assert learn.fits == []
+    with pytest.raises(ValueError, match="no snapshots yet"):
+        learn.load_snapshot(0)
+    with pytest.raises(ValueError, match="earlier groups higher rates"):
+        learn.resolve_lrs(slice(1e-2, 1e-4))
