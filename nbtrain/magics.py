@@ -563,6 +563,8 @@ class NbtrainMagics(Magics):
         args = self._parse(self.lr_find, line)
         learn = self._learner(args.learner)
         into = _identifier(args.into, "--into")
+        if isinstance(self.shell.user_ns.get(into), Learner):
+            raise UsageError(f"--into {into} would overwrite a Learner; name another variable")
         start = self._ev(args.start, "--start")
         end = self._ev(args.end, "--end")
         iters = self._int(args.iters, "--iters")

@@ -516,6 +516,12 @@ def test_stop_click_reaches_a_fit_in_a_real_kernel(tmp_path, monkeypatch):
         km.shutdown_kernel(now=True)
 
 
+def test_lr_find_into_a_learner_is_refused(ip, learn):
+    with pytest.raises(UsageError, match="would overwrite a Learner"):
+        ip.run_line_magic("lr_find", "learn --into learn")
+    assert ip.user_ns["learn"] is learn
+
+
 def test_a_typo_in_an_option_gets_a_did_you_mean(ip, learn):
     with pytest.raises(UsageError, match=r"did you mean --cycle-len\?"):
         ip.run_line_magic("fit_cycles", "learn --lr 0.1 --cycle_len 2")
