@@ -65,6 +65,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
+from IPython.utils.process import arg_split
 
 from nbtrain.core.learner import Learner, PrecomputeWarning
 from nbtrain.core.loop import DivergedWarning
@@ -460,7 +461,7 @@ class NbtrainMagics(Magics):
     # ---- helpers ---------------------------------------------------------------------
     def _parse(self, magic: Callable, line: str) -> Any:
         try:
-            return parse_argstring(magic, line)
+            args = parse_argstring(magic, line)
         except (UsageError, ValueError) as exc:  # ValueError: unbalanced quotes
             hint, name = "", magic.__name__
             text = str(exc)
@@ -477,6 +478,12 @@ class NbtrainMagics(Magics):
                 elif "--lr" in known:
                     hint = '; quote an expression with spaces, e.g. --lr "[lr/9, lr/3, lr]"'
             raise UsageError(f"{exc}{hint}; see %{name}? for the options") from None
+        # argparse lets a repeated option silently win; here it is a mistake.
+        options = [w.split("=", 1)[0] for w in arg_split(line) if w.startswith("--")]
+        repeated = sorted({o for o in options if options.count(o) > 1})
+        if repeated:
+            raise UsageError(f"{', '.join(repeated)} given more than once; give each option once")
+        return args
 
     def _learner(self, name: str) -> Learner:
         ns = self.shell.user_ns

@@ -516,6 +516,12 @@ def test_stop_click_reaches_a_fit_in_a_real_kernel(tmp_path, monkeypatch):
         km.shutdown_kernel(now=True)
 
 
+def test_a_repeated_option_is_refused(ip, learn):
+    with pytest.raises(UsageError, match="--lr given more than once"):
+        ip.run_line_magic("fit_cycles", "learn --lr 1e-2 --lr 1e-3")
+    assert learn.fits == []
+
+
 def test_lr_find_into_a_learner_is_refused(ip, learn):
     with pytest.raises(UsageError, match="would overwrite a Learner"):
         ip.run_line_magic("lr_find", "learn --into learn")
