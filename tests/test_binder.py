@@ -54,7 +54,7 @@ def test_conda_pins_are_at_least_what_pyproject_asks(pyproject, environment):
     runtime = [Requirement(r) for r in pyproject["project"]["dependencies"]]
     assert "torch" in pins and "torchvision" in pins and "ipywidgets" in pins
     for req in runtime:
-        if req.name in pins and pins[req.name]:
+        if pins.get(req.name):
             ours, theirs = minimum(pins[req.name]), minimum(str(req.specifier))
             assert ours is not None and (theirs is None or ours >= theirs), (req, pins[req.name])
 
