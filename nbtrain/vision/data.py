@@ -14,22 +14,45 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
-import warnings
-from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import PIL
 import torch
 import torchvision
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
+
+from nbtrain.vision.files import (
+    IMAGE_EXTENSIONS,
+    BadImagesWarning,
+    Item,
+    _check_items,
+    _checked_items,
+    _class_dirs,
+    _existing_dir,
+    _first_few,
+    _image_candidates,
+    _is_int,
+    _normalization,
+    _positive_int,
+    _read_label_csv,
+    _valid_dir,
+    _warn_bad,
+)
+from nbtrain.vision.shapes import make_shapes_dataset
+from nbtrain.vision.transforms import (
+    TTA_VIEWS,
+    _resize_size,
+    _train_draft_size,
+    eval_transform,
+    train_transform,
+    tta_transform,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -39,16 +62,7 @@ __all__ = [
     "make_shapes_dataset",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-CROP_FRACTION = 0.875  # eval resizes the shorter side to size / 0.875 (224 -> 256), as ImageNet
-TRAIN_MIN_SCALE = 0.35  # smallest RandomResizedCrop area, as a fraction of the image
 SPLITS = ("train", "valid")
-
-Item = tuple[Path, int]
-
-
-class BadImagesWarning(UserWarning):
-    """Files in an image data set were skipped because they are not usable images."""
 
 
 class ImageDataset(Dataset):
@@ -87,76 +101,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")
-
-
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Resize the shorter side to ``round(size / 0.875)``, center-crop ``size``, normalize."""
-    return v2.Compose(
-        [
-            v2.Resize(_resize_size(size), antialias=True),
-            v2.CenterCrop(size),
-            *_to_normalized_tensor(mean, std),
-        ]
-    )
-
-
-def train_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Random crop of 35-100% of the area resized to ``size``, flip, rotate ±10°, jitter 0.2."""
-    # Rotated-in corners get the mean colour, so they become zeros after normalization.
-    fill = [round(255 * m) for m in mean]
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=(TRAIN_MIN_SCALE, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomRotation(10, interpolation=v2.InterpolationMode.BILINEAR, fill=fill),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
-            *_to_normalized_tensor(mean, std),
-        ]
-    )
-
-
-TTA_VIEWS = ("center", "flip", "top-left", "top-right", "bottom-left", "bottom-right")
-
-
-class _TTACrop:
-    """One deterministic test-time view: resize the shorter side as the eval transform does,
-    then the center crop (plain or mirrored) or one corner crop. A class, not a lambda, so
-    DataLoader workers can pickle it."""
-
-    def __init__(self, size: int, view: str):
-        if view not in TTA_VIEWS:
-            raise ValueError(f"TTA view must be one of {TTA_VIEWS}, got {view!r}")
-        self.size, self.view = size, view
-
-    def __call__(self, img):
-        img = v2.functional.resize(img, _resize_size(self.size), antialias=True)
-        if self.view in ("center", "flip"):
-            img = v2.functional.center_crop(img, [self.size, self.size])
-            return v2.functional.horizontal_flip(img) if self.view == "flip" else img
-        corners = v2.functional.five_crop(img, [self.size, self.size])[:4]
-        return corners[TTA_VIEWS.index(self.view) - 2]
-
-
-def tta_transform(size: int, mean: Sequence[float], std: Sequence[float], view: str) -> v2.Compose:
-    """The eval transform with the crop of one test-time view (see ``TTA_VIEWS``)."""
-    return v2.Compose([_TTACrop(size, view), *_to_normalized_tensor(mean, std)])
-
-
-def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
-    return [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-    ]
-
-
-def _resize_size(size: int) -> int:
-    return round(size / CROP_FRACTION)
-
-
-def _train_draft_size(size: int) -> int:
-    # The smallest crop is sqrt(0.35 * 3/4) ~ 0.51 of a side; keep it at least `size` px.
-    return 2 * size
 
 
 class ImageData:
@@ -648,250 +592,3 @@ class ImageData:
             f"augment={self.augment}, num_workers={self.num_workers}, "
             f"bad_files={len(self.bad_files)})"
         )
-
-
-# ------------------------------------------------------------------- checks
-_CHECK_THREADS = 4  # decoding releases the GIL: ~400 small photos in ~0.2 s on 2 cores
-_CHECK_DRAFT = 32  # JPEGs are checked at 1/8 scale; every byte is still read and decoded
-
-
-def _check_file(path: Path) -> str | None:
-    """Return why ``path`` is unusable, or None when it is a readable image."""
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_EXTENSIONS:
-        return f"unsupported type {suffix or '(no extension)'}"
-    try:
-        if path.stat().st_size == 0:
-            return "empty file"
-        with Image.open(path) as img:
-            img.draft("RGB", (_CHECK_DRAFT, _CHECK_DRAFT))
-            img.load()
-    except PIL.UnidentifiedImageError:
-        return "not an image"
-    except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error... on bad data
-        return f"unreadable: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}"
-    return None
-
-
-def _check_items(
-    candidates: dict[str, list[Item]], root: Path
-) -> tuple[dict[str, list[Item]], dict[Path, str]]:
-    """Split each split's items into readable ones and ``{bad path: reason}``."""
-    paths = [p for split in SPLITS for p, _ in candidates[split]]
-    with ThreadPoolExecutor(_CHECK_THREADS) as pool:
-        reasons = dict(zip(paths, pool.map(_check_file, paths), strict=True))
-    items = {s: [(p, y) for p, y in candidates[s] if reasons[p] is None] for s in SPLITS}
-    bad = {p: reason for p, reason in reasons.items() if reason is not None}
-    if not any(items.values()):
-        raise ValueError(f"no usable images in '{root}' ({len(bad)} files skipped as bad)")
-    return items, bad
-
-
-def _warn_bad(bad: dict[Path, str], root: Path) -> None:
-    """One warning listing the skipped files (the first 20) and why."""
-    if not bad:
-        return
-    shown = [f"{_relative(p, root)} ({reason})" for p, reason in list(bad.items())[:20]]
-    more = f"; and {len(bad) - 20} more (see .bad_files)" if len(bad) > 20 else ""
-    warnings.warn(
-        f"skipped {len(bad)} bad image file(s) in '{root}': {'; '.join(shown)}{more}",
-        BadImagesWarning,
-        stacklevel=3,
-    )
-
-
-# -------------------------------------------------------------- file system
-def _existing_dir(path: str | os.PathLike, what: str) -> Path:
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{what} not found: '{folder}'")
-    return folder
-
-
-def _valid_dir(root: Path, valid: str | None) -> Path:
-    if valid is not None:
-        return _existing_dir(root / valid, "validation folder")
-    found = [root / name for name in ("valid", "val") if (root / name).is_dir()]
-    if not found:
-        raise FileNotFoundError(
-            f"no validation folder in '{root}': expected 'valid' or 'val' (or pass valid=...)"
-        )
-    if len(found) > 1:
-        raise ValueError(f"both 'valid' and 'val' exist in '{root}'; pass valid='valid' or 'val'")
-    return found[0]
-
-
-def _class_dirs(folder: Path) -> list[str]:
-    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not names:
-        raise ValueError(f"no class folders in '{folder}' (expected {folder}/<class>/<image>)")
-    return names
-
-
-def _image_candidates(folder: Path) -> list[Path]:
-    """Every non-hidden file under ``folder``, recursively, sorted."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if not any(part.startswith(".") for part in p.relative_to(folder).parts) and p.is_file()
-    )
-
-
-def _read_label_csv(csv_path: Path) -> list[tuple[str, str]]:
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-        lines = list(csv.reader(handle))
-    rows: list[tuple[str, str]] = []
-    for number, row in enumerate(lines[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise ValueError(f"{csv_path}, line {number}: expected 'file,label', got {row!r}")
-        rows.append((row[0].strip(), row[1].strip()))
-    if not rows:
-        raise ValueError(f"no rows after the header in '{csv_path}'")
-    repeated = sorted(name for name, n in Counter(name for name, _ in rows).items() if n > 1)
-    if repeated:
-        raise ValueError(f"files named more than once in '{csv_path}': {_first_few(repeated)}")
-    return rows
-
-
-def _relative(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix() if root in path.parents else str(path)
-
-
-def _first_few(names: Sequence[str], n: int = 5) -> str:
-    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
-
-
-# --------------------------------------------------------------- validation
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _positive_int(value, name: str) -> int:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _channel_triple(values, name: str) -> tuple[float, float, float]:
-    try:
-        triple = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        triple = ()
-    if len(triple) != 3:
-        raise ValueError(f"{name} must be 3 numbers (R, G, B), got {values!r}")
-    return triple
-
-
-def _normalization(mean, std) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    triples = _channel_triple(mean, "mean"), _channel_triple(std, "std")
-    if min(triples[1]) <= 0:
-        raise ValueError(f"std must be positive, got {std!r}")
-    return triples
-
-
-def _checked_items(items: Sequence[Item], n_classes: int, name: str) -> list[Item]:
-    checked = [(Path(p), int(y)) for p, y in items]
-    bad = [y for _, y in checked if not 0 <= y < n_classes]
-    if bad:
-        raise ValueError(f"{name} has labels outside 0..{n_classes - 1}: {sorted(set(bad))[:5]}")
-    return checked
-
-
-# ---------------------------------------------------------------- synthetic
-SHAPES = ("circle", "square", "triangle")
-_AREA_SCALE = {"circle": 0.8, "square": 1.0, "triangle": 1.24}
-
-
-def make_shapes_dataset(
-    path: str | os.PathLike,
-    *,
-    classes: Sequence[str] = SHAPES,
-    n_per_class: int = 40,
-    n_valid_per_class: int = 20,
-    size: int = 64,
-    seed: int = 0,
-) -> Path:
-    """Write a small, learnable image-folder data set of coloured shapes on noisy backgrounds.
-
-    Each PNG shows one shape (``circle``, ``square`` or ``triangle``) of random colour, size,
-    position and rotation, and one distracting line, on a random background colour with
-    Gaussian noise. Image ``i`` of a class and split depends only on ``(seed, split, class, i)``,
-    so the set is the same on every run. A folder already holding this exact set is returned
-    as is. The default 120 + 60 images at 64 px take ~0.2 s to write.
-
-    Parameters
-    ----------
-    path : path-like
-        Root to write ``train/<class>/*.png`` and ``valid/<class>/*.png`` into; it must be
-        empty, missing, or a set written earlier by this function (which is then replaced).
-    classes : sequence of str
-        Which shapes, any of ``('circle', 'square', 'triangle')``.
-    n_per_class, n_valid_per_class : int
-        Training and validation images per class.
-    size : int
-        Side of the square images in pixels (at least 16).
-    seed : int
-        Seed of the drawing.
-
-    Returns
-    -------
-    Path
-        ``path``, ready for :meth:`ImageData.from_folder`.
-    """
-    classes = list(classes)
-    unknown = [name for name in classes if name not in SHAPES]
-    if not classes or unknown or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be distinct names from {SHAPES}, got {classes!r}")
-    n_train = _positive_int(n_per_class, "n_per_class")
-    n_valid = _positive_int(n_valid_per_class, "n_valid_per_class")
-    if not _is_int(size) or size < 16:
-        raise ValueError(f"size must be an int >= 16, got {size!r}")
-    root = Path(path).expanduser()
-    marker = root / "shapes.txt"
-    params = f"make_shapes_dataset v3 {classes} {n_train} {n_valid} {size} {int(seed)}\n"
-    if marker.is_file() and marker.read_text() == params:
-        return root
-    if root.exists() and any(root.iterdir()) and not marker.is_file():
-        raise ValueError(f"'{root}' is not empty and was not written by make_shapes_dataset")
-    for split, count in (("train", n_train), ("valid", n_valid)):
-        for name in classes:
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for stale in folder.glob("*.png"):
-                stale.unlink()
-            for i in range(count):
-                rng = np.random.default_rng([int(seed), SPLITS.index(split), SHAPES.index(name), i])
-                _draw_shape(name, size, rng).save(folder / f"{name}_{i:04d}.png")
-    marker.write_text(params)
-    return root
-
-
-def _draw_shape(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
-    # Tuned so that a linear head on frozen ImageNet EfficientNet-Lite0 features gets 85-88%
-    # at 64 px and ~89% at 128 px (3 seeds): learnable, with room left for fine-tuning.
-    background = rng.integers(0, 256, 3)
-    colour = rng.integers(0, 256, 3)
-    while np.abs(colour - background).sum() < 120:  # keep the shape visible
-        colour = rng.integers(0, 256, 3)
-    img = Image.new("RGB", (size, size), _rgb(background))
-    draw = ImageDraw.Draw(img)
-    ends = [tuple(rng.uniform(0, size, 2)) for _ in range(2)]
-    draw.line(ends, fill=_rgb(rng.integers(0, 256, 3)), width=max(1, size // 32))  # a distractor
-    # Circumradius scaled so that all three shapes cover about the same area on average.
-    radius = rng.uniform(0.1, 0.25) * size * _AREA_SCALE[shape]
-    cx, cy = rng.uniform(radius, size - radius, 2)
-    if shape == "circle":
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=_rgb(colour))
-    else:
-        corners = 4 if shape == "square" else 3
-        angles = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(corners) / corners
-        points = [(cx + radius * np.cos(a), cy + radius * np.sin(a)) for a in angles]
-        draw.polygon(points, fill=_rgb(colour))
-    noisy = np.asarray(img, dtype=np.float32) + rng.normal(0, 25, (size, size, 3))
-    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-
-
-def _rgb(values: np.ndarray) -> tuple[int, int, int]:
-    return (int(values[0]), int(values[1]), int(values[2]))
