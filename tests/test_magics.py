@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from nbtrain.core import DataLoaders, Learner
 from nbtrain.core.features import BodyHead, FeatureCache
-from nbtrain.magics import last_view, run_async, split_tokens, transform_async_cells
+from nbtrain.magics import last_view, run_async, transform_async_cells
+from nbtrain.stages import split_tokens
 from nbtrain.views import frontend
 from nbtrain.views.freeze_panel import FreezePanel
 from nbtrain.views.lr_plot import LRFinderPlot
