@@ -111,6 +111,10 @@ def parse_stage(text: str, where: str) -> dict[str, str]:
             raise UsageError(f"{where}: unknown key {key!r}; {hint}keys: {', '.join(STAGE_KEYS)}")
         elif not value:
             raise UsageError(f"{where}: {key}= needs a value, e.g. {key}=1")
+        elif value.endswith(","):
+            raise UsageError(
+                f"{where}: {token!r} ends with a comma; separate key=value pairs with spaces"
+            )
         if key in raw:
             raise UsageError(f"{where}: {key} is given twice (freeze/unfreeze set freeze_to)")
         raw[key] = value

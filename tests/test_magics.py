@@ -517,6 +517,12 @@ def test_stop_click_reaches_a_fit_in_a_real_kernel(tmp_path, monkeypatch):
         km.shutdown_kernel(now=True)
 
 
+def test_a_comma_between_stage_pairs_is_explained(ip, learn):
+    with pytest.raises(UsageError, match="ends with a comma; separate key=value pairs"):
+        ip.run_cell_magic("fit_cycles", "learn", "lr=0.1, cycles=1")
+    assert learn.fits == []
+
+
 def test_a_repeated_option_is_refused(ip, learn):
     with pytest.raises(UsageError, match="--lr given more than once"):
         ip.run_line_magic("fit_cycles", "learn --lr 1e-2 --lr 1e-3")
