@@ -158,6 +158,7 @@ class Learner:
         precompute: bool = False,
         pretrained: bool = True,
         dropout: float = 0.25,
+        head_init: str | dict[str, int | str] | None = "auto",
         seed: int | None = 0,
         **kwargs: Any,
     ) -> Learner:
@@ -176,6 +177,14 @@ class Learner:
             Train the head on cached body activations while the body is frozen.
         dropout
             Dropout before the head's linear layer.
+        head_init
+            Where the head's linear layer starts. ``"auto"``: from the body's pretrained
+            classifier rows when every class name is the name of exactly one pretrained
+            (ImageNet) class, ``ants`` -> ``ant`` and ``bees`` -> ``bee`` (a plural folder name
+            matches too), at random otherwise. ``"pretrained"``: the same, but an error when
+            a class has no single match. ``"random"``: always at random (fastai's way). A
+            dict ``{class: pretrained index or name}`` picks the rows. ``learn.model.head_init``
+            says which happened.
         seed
             Seeds the new head's initial weights, so that a notebook re-run from the top
             gives the same numbers (None: drawn from the global RNG).
@@ -190,6 +199,7 @@ class Learner:
             precompute=precompute,
             pretrained=pretrained,
             dropout=dropout,
+            head_init=head_init,
             seed=seed,
             **kwargs,
         )

@@ -184,6 +184,12 @@ def diagnose(lrs: Sequence[float], losses: Sequence[float], stop_reason: str) ->
         lo, hi = min(ys), max(ys)
         if hi > 0 and (hi - lo) / hi < 0.05:
             notes.append("loss is flat over the sweep; the model may already be trained")
+        elif ys[0] > 0 and (ys[0] - lo) / ys[0] < 0.3:
+            notes.append(
+                f"the loss falls only {(ys[0] - lo) / ys[0]:.0%} before it rises: the model "
+                "already fits well (a head started from pretrained classes?), so the "
+                "suggestion is rough"
+            )
         elif stop_reason == "end" and ys[-1] <= 1.5 * lo:
             notes.append("the loss never rose at the end; raise end to see where it diverges")
     return notes

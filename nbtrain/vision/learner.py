@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -9,19 +11,42 @@ from torch import nn
 
 from nbtrain.core.features import BodyHead
 from nbtrain.core.learner import Learner
+from nbtrain.vision.classes import head_init_summary, resolve_head_init
 from nbtrain.vision.models import OFFLINE_ARCH, BodySpec, body_groups, create_body
 
 
 class ImageClassifier(BodyHead):
     """``head(body(x))``: a pretrained body ending in global pooling, and a new head
-    (dropout, then a linear layer to the classes)."""
+    (dropout, then a linear layer to the classes).
 
-    def __init__(self, spec: BodySpec, n_classes: int, *, dropout: float = 0.25) -> None:
+    ``classes`` and ``head_init`` (see :func:`nbtrain.vision.classes.resolve_head_init`) decide
+    whether the linear layer starts from the body's pretrained classifier rows or at random;
+    ``self.head_init`` says which, in one line.
+    """
+
+    def __init__(
+        self,
+        spec: BodySpec,
+        n_classes: int,
+        *,
+        dropout: float = 0.25,
+        classes: Sequence[str] | None = None,
+        head_init: str | Mapping[str, int | str] | None = "auto",
+    ) -> None:
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        head = nn.Sequential(nn.Dropout(dropout), nn.Linear(spec.n_features, n_classes))
-        super().__init__(spec.body, head)
-        self.spec = spec
+        classes = list(classes) if classes is not None else [str(i) for i in range(n_classes)]
+        if len(classes) != n_classes:
+            raise ValueError(f"{len(classes)} class names for {n_classes} classes")
+        rows = resolve_head_init(head_init, classes, spec.classifier)
+        linear = nn.Linear(spec.n_features, n_classes)
+        if rows is not None:
+            with torch.no_grad():
+                linear.weight.copy_(spec.classifier.weight[rows])
+                linear.bias.copy_(spec.classifier.bias[rows])
+        super().__init__(spec.body, nn.Sequential(nn.Dropout(dropout), linear))
+        self.head_init = head_init_summary(classes, rows, spec.classifier)
+        self.spec = replace(spec, classifier=None)  # its 1000 rows are not needed any more
 
     @property
     def arch(self) -> str:
@@ -35,6 +60,7 @@ def pretrained_learner(
     precompute: bool = False,
     pretrained: bool = True,
     dropout: float = 0.25,
+    head_init: str | Mapping[str, int | str] | None = "auto",
     seed: int | None = 0,
     **kwargs: Any,
 ) -> Learner:
@@ -46,7 +72,9 @@ def pretrained_learner(
         if seed is not None:
             torch.manual_seed(seed)  # the new head starts the same in every kernel
         spec = create_body(arch, pretrained=pretrained)
-        model = ImageClassifier(spec, len(classes), dropout=dropout)
+        model = ImageClassifier(
+            spec, len(classes), dropout=dropout, classes=classes, head_init=head_init
+        )
     if hasattr(data, "set_normalization"):
         data.set_normalization(spec.mean, spec.std)  # inputs as the body was trained on
     early, late = body_groups(spec)

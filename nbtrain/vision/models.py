@@ -18,6 +18,8 @@ import torch
 import torchvision
 from torch import nn
 
+from nbtrain.vision.classes import PretrainedClasses
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -54,6 +56,9 @@ class BodySpec:
         forward order: the earlier and the later layer group. See :func:`split_body`.
     arch : str
         The architecture name, or the class name of a module passed in.
+    classifier : PretrainedClasses or None
+        The pretrained classifier the body came with (its rows and class names), for a head
+        that starts from it; None for a module body, random weights, or unknown classes.
     """
 
     body: nn.Module
@@ -62,6 +67,7 @@ class BodySpec:
     std: tuple[float, float, float]
     split: tuple[tuple[str, ...], tuple[str, ...]]
     arch: str
+    classifier: PretrainedClasses | None = None
 
 
 # -------------------------------------------------------------- offline body
@@ -175,19 +181,54 @@ def create_body(
     if n_features is not None:
         raise ValueError(f"n_features is only for a module body, got arch={arch!r}")
     library, name = _resolve_arch(arch)
-    if library == "timm" and name == OFFLINE_ARCH:
-        model = load_efficientnet_lite0(pretrained=pretrained)
-        model.reset_classifier(0)
-        return _spec(model, _timm_width(model), *_timm_norm(model), name)
     if library == "timm":
-        model = _timm_model(arch, name, pretrained=pretrained)
-        return _spec(model, _timm_width(model), *_timm_norm(model), name)
-    model, width, mean, std = _torchvision_body(arch, name, pretrained=pretrained)
-    return _spec(model, width, mean, std, name)
+        if name == OFFLINE_ARCH:
+            model = load_efficientnet_lite0(pretrained=pretrained)
+        else:
+            model = _timm_model(arch, name, pretrained=pretrained)
+        classifier = _timm_classifier(model) if pretrained else None
+        model.reset_classifier(0)
+        width = _timm_width(model)
+        return _spec(model, width, *_timm_norm(model), name, _fits(classifier, width))
+    model, width, mean, std, classifier = _torchvision_body(arch, name, pretrained=pretrained)
+    return _spec(model, width, mean, std, name, _fits(classifier, width))
 
 
-def _spec(body: nn.Module, width: int, mean, std, arch: str) -> BodySpec:
-    return BodySpec(body, width, tuple(mean), tuple(std), split_body(body), arch)
+def _spec(
+    body: nn.Module, width: int, mean, std, arch: str, classifier: PretrainedClasses | None = None
+) -> BodySpec:
+    return BodySpec(body, width, tuple(mean), tuple(std), split_body(body), arch, classifier)
+
+
+def _fits(classifier: PretrainedClasses | None, width: int) -> PretrainedClasses | None:
+    """The classifier, if its rows take the body's pooled features as they are."""
+    if classifier is None or classifier.weight.shape[1] != width:
+        return None
+    return classifier
+
+
+def _classifier(linear: nn.Module, names: Sequence[str]) -> PretrainedClasses | None:
+    if not isinstance(linear, nn.Linear) or linear.out_features != len(names):
+        return None
+    weight = linear.weight.detach().clone()
+    bias = linear.bias.detach().clone() if linear.bias is not None else weight.new_zeros(len(names))
+    synonyms = tuple(tuple(s.strip() for s in str(n).split(",") if s.strip()) for n in names)
+    return PretrainedClasses(weight, bias, synonyms)
+
+
+def _timm_classifier(model: nn.Module) -> PretrainedClasses | None:
+    """The ImageNet classifier of a timm model with ImageNet-1k/22k classes, else None."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if not subset:
+            return None
+        info = ImageNetInfo(subset)
+        names = [info.index_to_description(i) for i in range(info.num_classes())]
+    except Exception:  # an older timm, or a label file missing: start the head at random
+        return None
+    return _classifier(model.get_classifier(), names)
 
 
 def _resolve_arch(arch: str) -> tuple[str, str]:
@@ -215,7 +256,7 @@ def _timm_model(arch: str, name: str, *, pretrained: bool) -> nn.Module:
         if not cached:
             _require_network(arch, host)
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+        return timm.create_model(name, pretrained=pretrained)
     except Exception as exc:  # hub and URL errors come in many types
         if not pretrained:
             raise
@@ -262,13 +303,15 @@ def _torchvision_body(arch: str, name: str, *, pretrained: bool):
         if not pretrained:
             raise
         raise _download_error(arch, exc) from None
-    width = _drop_last_linear(model, arch)
+    last = _drop_last_linear(model, arch)
+    categories = weights.meta.get("categories") or []
+    classifier = _classifier(last, categories) if pretrained else None
     transform = weights.transforms()
-    return model, width, tuple(transform.mean), tuple(transform.std)
+    return model, last.in_features, tuple(transform.mean), tuple(transform.std), classifier
 
 
-def _drop_last_linear(model: nn.Module, arch: str) -> int:
-    """Replace the classifier's last ``nn.Linear`` with ``nn.Identity``; return its width."""
+def _drop_last_linear(model: nn.Module, arch: str) -> nn.Linear:
+    """Replace the classifier's last ``nn.Linear`` with ``nn.Identity``; return that linear."""
     if getattr(model, "aux_logits", False):  # inception_v3, googlenet: no auxiliary outputs
         model.aux_logits = False
         for aux in ("AuxLogits", "aux1", "aux2"):
@@ -286,7 +329,7 @@ def _drop_last_linear(model: nn.Module, arch: str) -> int:
                 setattr(head.get_submodule(parent) if parent else head, leaf, nn.Identity())
             else:
                 setattr(model, attr, nn.Identity())
-            return last.in_features
+            return last
     raise ValueError(f"cannot find a linear classifier in {arch!r}; pass a body module instead")
 
 

@@ -92,6 +92,13 @@ def test_result_reports_rules_and_notes():
     assert result.notes == []
     flat = LRRangeResult(lrs[:12], [1.0] * 12, [1.0] * 12, [], "end")
     assert any("only" in n for n in flat.notes) and any("flat" in n for n in flat.notes)
+    # a head that starts right: its loss is low, falls little (17% after the trimmed start), rises
+    low = [0.06 - 0.012 * i / 59 for i in range(60)] + [0.048 * 1.1**i for i in range(40)]
+    good = LRRangeResult(lrs, low, low, [], "diverged")
+    assert good.notes == [
+        "the loss falls only 17% before it rises: the model already fits well (a head "
+        "started from pretrained classes?), so the suggestion is rough"
+    ]
 
 
 def _rng_fingerprint():

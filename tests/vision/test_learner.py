@@ -101,3 +101,17 @@ def test_precompute_on_real_photos(hymenoptera, tmp_path):
     learn.feature_cache = FeatureCache(tmp_path / "cache")
     learn.fit_cycles(1e-2, cycles=2, seed=0)
     assert learn.evaluate()["accuracy"] >= 0.9
+
+
+def test_head_starts_from_imagenet_rows_on_real_photos(hymenoptera, tmp_path):
+    data = ImageData.from_folder(hymenoptera, size=224, bs=64, num_workers=2)
+    learn = Learner.pretrained(data, device="cpu", path=tmp_path)
+    assert learn.model.head_init == "pretrained classes: ants = 310 'ant', bees = 309 'bee'"
+    assert learn.evaluate()["accuracy"] >= 0.95  # before any training
+    fresh = Learner.pretrained(data, head_init="random", device="cpu", path=tmp_path)
+    assert fresh.model.head_init == "random"
+    with pytest.raises(ValueError, match="no pretrained class is named 'triangle'"):
+        Learner.pretrained(
+            ImageData.from_folder(make_shapes_dataset(tmp_path / "s", n_per_class=2), size=32),
+            head_init="pretrained",
+        )
