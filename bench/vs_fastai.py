@@ -69,6 +69,7 @@ from nbtrain.vision.models import OFFLINE_ARCH, body_groups, create_body
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hymenoptera"
 BEGIN, END = "<!-- vs_fastai:begin -->", "<!-- vs_fastai:end -->"
+RANDOM_HEAD = 'nbtrain, head_init="random"'
 RULES = ("valley", "steep", "minimum", "slide")
 
 
@@ -367,7 +368,7 @@ def part_lr_find(args, tmp: Path) -> dict[str, Any]:
     print(f"2. lr_find, {args.lr_find_iters} iterations, fresh learners, body frozen")
     data = ImageData.from_folder(args.data, size=args.size, bs=args.bs, seed=args.seed)
     out: dict[str, Any] = {}
-    nb = Learner.pretrained(data, precompute=True)
+    nb = Learner.pretrained(data, precompute=True, head_init="random")  # fastai's start
     nb.feature_cache = FeatureCache(tmp / "cache-lr-find")  # empty: built and timed
     t0 = time.perf_counter()
     nb.features()
@@ -395,9 +396,11 @@ def part_lr_find(args, tmp: Path) -> dict[str, Any]:
     return out
 
 
-def part_nbtrain_checklist(args, tmp: Path) -> tuple[Stages, float]:
+def part_nbtrain_checklist(args, tmp: Path, head_init: str) -> tuple[Stages, float]:
     """bench/checklist.py's recipe, from nothing (data, model, an empty feature cache).
-    The accuracy of a stage is the validation accuracy of its fit's last epoch."""
+    The accuracy of a stage is the validation accuracy of its fit's last epoch.
+    ``head_init="random"`` starts the head as fastai's does; nbtrain's default starts it
+    from the ImageNet classifier's rows when the classes are ImageNet classes."""
     t0 = time.perf_counter()
     rows: Stages = []
 
@@ -407,7 +410,7 @@ def part_nbtrain_checklist(args, tmp: Path) -> tuple[Stages, float]:
         print(f"  nbtrain {name}: accuracy {acc:.4f} at {rows[-1][2]:.1f} s", flush=True)
 
     data = ImageData.from_folder(args.data, size=args.size, bs=args.bs, seed=args.seed)
-    learn = Learner.pretrained(data, precompute=True)
+    learn = Learner.pretrained(data, precompute=True, head_init=head_init)
     learn.feature_cache = FeatureCache(tmp / "cache-checklist")  # empty: built and timed
     learn.features()
     found = learn.lr_find(seed=args.seed)
@@ -481,6 +484,7 @@ PARTS = (
     "own",
     "lr-find",
     "checklist-nbtrain",
+    "checklist-nbtrain-random",
     "checklist-fastai",
     "checklist-fastai-tuned",
     "sgdr-tuned",
@@ -492,8 +496,8 @@ def run_part(args, tmp: Path) -> Any:
         return part_own(args, tmp)
     if args.part == "lr-find":
         return part_lr_find(args, tmp)
-    if args.part == "checklist-nbtrain":
-        return part_nbtrain_checklist(args, tmp)
+    if args.part.startswith("checklist-nbtrain"):
+        return part_nbtrain_checklist(args, tmp, args.part.rpartition("-")[2])
     if args.part != "checklist-fastai":
         tune_cpu()  # the tuned fastai runs get nbtrain's allocator setting too
     config = AS_IT_COMES if args.part == "checklist-fastai" else TUNED
@@ -624,6 +628,8 @@ def build_report(args, info, data, res: dict[str, Any]) -> str:
         "",
         f"## lr_find ({args.lr_find_iters} iterations, body frozen, fresh learners)",
         "",
+        'All start from the same random head (nbtrain with `head_init="random"`).',
+        "",
     ]
     rows = [
         [
@@ -660,6 +666,9 @@ def build_report(args, info, data, res: dict[str, Any]) -> str:
         out.append(markdown_table(["", "valid accuracy", "wall s (cumulative)"], rows))
         out += [
             "",
+            "nbtrain starts its head from the ImageNet classifier's `ant` and `bee` rows "
+            '(`head_init="auto"`, its default); with `head_init="random"` it starts from the '
+            "same random head as fastai. "
             f"nbtrain: bench/checklist.py's recipe (unfrozen lr_find {args.unfrozen_iters} "
             f"steps, {args.unfrozen_cycles} SGDR cycles, final size {args.final_size or 'off'}). "
             f"fastai: `fine_tune({fastai_unfrozen_epochs(args)}, base_lr={args.fastai_lr}, "
@@ -693,7 +702,7 @@ def summary(res: dict[str, Any]) -> list[str]:
                 "train_bn=False (both w0 CL)"
             )
     for name, (stages, total) in res.get("checklist", {}).items():
-        if name == "nbtrain":
+        if name.startswith("nbtrain"):
             continue
         nb_stages, nb_total = res["checklist"]["nbtrain"]
         acc, nb_acc = stages[-1][1], nb_stages[-1][1]
@@ -710,6 +719,12 @@ def summary(res: dict[str, Any]) -> list[str]:
                 if reach is not None
                 else "nbtrain never had that accuracy"
             )
+        )
+    if RANDOM_HEAD in res.get("checklist", {}):
+        stages, total = res["checklist"][RANDOM_HEAD]
+        lines.append(
+            f"  {RANDOM_HEAD} (fastai's start): accuracy {stages[-1][1]:.4f} in {total:.0f} s; "
+            f"head on cached activations {stages[0][1]:.4f} at {stages[0][2]:.0f} s"
         )
     return lines
 
@@ -764,6 +779,7 @@ def main() -> None:
     if args.checklist:
         print("3. checklist, each from nothing in a fresh process")
         res["checklist"] = {"nbtrain": spawn("checklist-nbtrain", keep_malloc=False)}
+        res["checklist"][RANDOM_HEAD] = spawn("checklist-nbtrain-random", keep_malloc=False)
         res["checklist"]["fastai"] = spawn("checklist-fastai", keep_malloc=True)
         res["checklist"][TUNED.name] = spawn("checklist-fastai-tuned", keep_malloc=False)
         if args.fastai_sgdr:
