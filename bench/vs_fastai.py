@@ -497,7 +497,8 @@ def run_part(args, tmp: Path) -> Any:
     if args.part == "lr-find":
         return part_lr_find(args, tmp)
     if args.part.startswith("checklist-nbtrain"):
-        return part_nbtrain_checklist(args, tmp, args.part.rpartition("-")[2])
+        head_init = "random" if args.part.endswith("-random") else "auto"
+        return part_nbtrain_checklist(args, tmp, head_init)
     if args.part != "checklist-fastai":
         tune_cpu()  # the tuned fastai runs get nbtrain's allocator setting too
     config = AS_IT_COMES if args.part == "checklist-fastai" else TUNED
