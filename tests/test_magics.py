@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from nbtrain.core import DataLoaders, Learner
 from nbtrain.core.features import BodyHead, FeatureCache
-from nbtrain.magics import last_view, run_async, transform_async_cells
+from nbtrain.fit_job import run_async, transform_async_cells
+from nbtrain.magics import last_view
 from nbtrain.stages import split_tokens
 from nbtrain.views import frontend
 from nbtrain.views.freeze_panel import FreezePanel
@@ -263,6 +264,14 @@ def test_line_magic_runs_one_sgdr_fit(ip, learn):
     assert lines[-1].startswith("done: 3 epochs")
 
 
+def test_the_line_seed_seeds_the_run_once(ip, learn):
+    ip.user_ns["lr"] = 0.05
+    magics = ip.magics_manager.registry["NbtrainMagics"]
+    with capture_output():
+        job = magics.prepare_fit("learn --seed 3", "cycles=1\ncycles=1\ncycles=1 seed=5\n")
+    assert [stage.seed for stage in job.stages] == [3, None, 5]
+
+
 def test_cell_magic_runs_the_stages_in_order(ip, tmp_path):
     learn = ip.user_ns["learn"] = body_head_learner(tmp_path)
     ip.user_ns["lr"] = 0.05
@@ -350,7 +359,7 @@ def test_nbtrain_config(ip, capsys, monkeypatch):
 def test_cells_are_rewritten_only_when_widgets_are_in_use(ip):
     frontend.set_mode("widgets")
     assert (
-        "await __import__('nbtrain.magics').magics.run_async('fit_cycles', 'learn --lr 1'"
+        "await __import__('nbtrain.fit_job').fit_job.run_async('fit_cycles', 'learn --lr 1'"
         in ip.transform_cell("%fit_cycles learn --lr 1\nx = 1\n")
     )
     assert "run_async('fit_cycles', 'learn', 'lr=1\\ncycles=2\\n')" in ip.transform_cell(

@@ -85,3 +85,46 @@ def test_notebook_runs(path, nb_tools, tmp_path, monkeypatch):
     m = FINAL_ACCURACY.search(last_text)
     assert m, f"the last cell did not print the final accuracy: {last_text!r}"
     assert 0 <= float(m.group(1)) <= 100
+
+
+WEIGHTS_DIGEST = """
+import hashlib
+print(hashlib.sha256(b"".join(
+    v.detach().cpu().contiguous().numpy().tobytes() for v in learn.model.state_dict().values()
+)).hexdigest())
+"""
+
+
+def _stdout(cell) -> str:
+    """What the cell printed (stderr left out: a warning shows once per kernel)."""
+    outputs = cell.get("outputs", [])
+    return "".join(o.get("text", "") for o in outputs if o.get("name") == "stdout")
+
+
+def test_checklist_reruns_to_the_same_numbers(nb_tools, tmp_path, monkeypatch):
+    """Run All twice in one kernel: the second pass reads the activation cache the first
+    wrote, and must still give the same rate, accuracies and weights, bit for bit."""
+    nbformat, nbclient = nb_tools
+    for name, value in SMALL_SETTINGS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("NBTRAIN_DATA", str(tmp_path / "no-such-folder"))
+    monkeypatch.setenv("NBTRAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "1")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nb = nbformat.read(NOTEBOOKS / "checklist.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(WEIGHTS_DIGEST))
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
+    runs = []
+    with client.setup_kernel():
+        for _ in range(2):
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type == "code":
+                    cell.outputs = []
+                    client.execute_cell(cell, index)
+            lr_line = next(_stdout(c) for c in nb.cells if _stdout(c).startswith("lr = "))
+            runs.append((lr_line, _stdout(nb.cells[-2]), _stdout(nb.cells[-1])))
+    first, second = runs
+    assert "final accuracy" in first[1] and len(first[2].strip()) == 64
+    assert first == second

@@ -182,16 +182,17 @@ def diagnose(lrs: Sequence[float], losses: Sequence[float], stop_reason: str) ->
         notes.append(f"only {len(ys)} usable points; raise iters for a steadier curve")
     if ys:
         lo, hi = min(ys), max(ys)
+        rose = stop_reason == "diverged" or ys[-1] > 1.5 * lo
+        fall = (ys[0] - lo) / ys[0] if ys[0] > 0 else 1.0
         if hi > 0 and (hi - lo) / hi < 0.05:
             notes.append("loss is flat over the sweep; the model may already be trained")
-        elif ys[0] > 0 and (ys[0] - lo) / ys[0] < 0.3:
-            notes.append(
-                f"the loss falls only {(ys[0] - lo) / ys[0]:.0%} before it rises: the model "
-                "already fits well (a head started from pretrained classes?), so the "
-                "suggestion is rough"
-            )
-        elif stop_reason == "end" and ys[-1] <= 1.5 * lo:
+        elif stop_reason == "end" and not rose:
             notes.append("the loss never rose at the end; raise end to see where it diverges")
+        elif rose and ys.index(lo) > 0 and fall < 0.3:
+            notes.append(
+                f"the loss falls only {fall:.0%} before it rises: the model already fits "
+                "well (a head started from pretrained classes?), so the suggestion is rough"
+            )
     return notes
 
 

@@ -11,7 +11,7 @@
 - a per-epoch table of losses and metrics, warnings as one line each, a final status line;
 - a Stop button: the fit ends at the next batch boundary and the learner stays consistent
   (see :meth:`ProgressView.stop`; how a click reaches a busy kernel is explained in
-  :mod:`nbtrain.magics`).
+  :mod:`nbtrain.fit_job`).
 
 Updates change widget traits in place (no ``clear_output``) and are throttled: labels
 at most every ``label_interval`` seconds; the plot (a PNG of ~40-80 ms) every

@@ -14,6 +14,7 @@ few hundred photos. On the hymenoptera photos (244 training images, 3 epochs on 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,16 +22,37 @@ import torch
 
 __all__ = [
     "HEAD_INITS",
+    "HeadInitWarning",
     "PretrainedClasses",
+    "check_head_init",
     "head_init_summary",
     "match_class",
     "resolve_head_init",
+    "warn_head_init",
 ]
 
 HEAD_INITS = ("auto", "pretrained", "random")
+_IRREGULAR = {
+    "geese": "goose",
+    "mice": "mouse",
+    "lice": "louse",
+    "men": "man",
+    "women": "woman",
+    "children": "child",
+    "teeth": "tooth",
+    "feet": "foot",
+    "oxen": "ox",
+}
+_SHOWN = 5  # mismatches named in one error line
+_WNID = re.compile(r"n\d{8}")
 
 
-@dataclass(frozen=True)
+class HeadInitWarning(UserWarning):
+    """The new head starts from pretrained classifier rows picked by name: says which, so that
+    a name that means something else in ImageNet (``planes``: a carpenter's plane) is seen."""
+
+
+@dataclass(frozen=True, eq=False)
 class PretrainedClasses:
     """The classifier a pretrained body came with.
 
@@ -42,7 +64,8 @@ class PretrainedClasses:
         ``(n_pretrained,)``.
     names : tuple of tuple of str
         Each pretrained class's names, synonyms included (ImageNet's ``"ant, emmet, pismire"``
-        is ``("ant", "emmet", "pismire")``).
+        is ``("ant", "emmet", "pismire")``), then its WordNet id where known (``"n02219486"``:
+        folders named like ImageNet's own, as in Imagenette, match too).
     """
 
     weight: torch.Tensor
@@ -50,7 +73,8 @@ class PretrainedClasses:
     names: tuple[tuple[str, ...], ...]
 
     def label(self, index: int) -> str:
-        return ", ".join(self.names[index])
+        """Class ``index``'s names, without its WordNet id."""
+        return ", ".join(n for n in self.names[index] if not _WNID.fullmatch(n))
 
 
 def normalize(name: str) -> str:
@@ -59,16 +83,23 @@ def normalize(name: str) -> str:
 
 
 def _forms(name: str) -> set[str]:
-    """A class folder's name and its singular forms: folders are often plural (``ants``)."""
+    """A class folder's name and its possible singulars: folders are often plural (``ants``,
+    ``butterflies``, ``boxes``, ``wolves``, ``tomatoes``, ``geese``); the last word counts
+    (``golden retrievers``)."""
     base = normalize(name)
-    forms = {base}
-    if base.endswith("ies") and len(base) > 4:
-        forms.add(base[:-3] + "y")
-    if base.endswith(("ches", "shes", "sses", "xes")):
-        forms.add(base[:-2])
-    if base.endswith("s") and not base.endswith("ss") and len(base) > 3:
-        forms.add(base[:-1])
-    return forms
+    head, _, last = base.rpartition(" ")
+    singular = set()
+    if last in _IRREGULAR:
+        singular.add(_IRREGULAR[last])
+    if last.endswith("ies") and len(last) > 4:
+        singular.add(last[:-3] + "y")
+    if last.endswith(("ches", "shes", "sses", "xes", "zes", "oes", "ses")):
+        singular.add(last[:-2])
+    if last.endswith("ves") and len(last) > 4:
+        singular.update({last[:-3] + "f", last[:-3] + "fe"})
+    if last.endswith("s") and not last.endswith("ss") and len(last) > 3:
+        singular.add(last[:-1])
+    return {base} | {f"{head} {word}".strip() for word in singular}
 
 
 def match_class(name: str, names: Sequence[Sequence[str]]) -> list[int]:
@@ -104,15 +135,11 @@ def resolve_head_init(
         class matching no pretrained class or several, a dict missing a class or naming one
         the data does not have, an index out of range. The message names the classes.
     """
+    check_head_init(head_init)
     if head_init is None or head_init == "random":
         return None
     if isinstance(head_init, Mapping):
         return _from_mapping(head_init, classes, _need(pretrained, "a dict"))
-    if head_init not in ("auto", "pretrained"):
-        raise ValueError(
-            f"head_init must be 'auto', 'pretrained', 'random' or a dict "
-            f"{{class: pretrained index or name}}, got {head_init!r}"
-        )
     if pretrained is None:
         if head_init == "auto":
             return None
@@ -129,11 +156,22 @@ def resolve_head_init(
     )
 
 
+def check_head_init(head_init: object) -> None:
+    """Raise ValueError unless ``head_init`` is one of the accepted kinds (before any work)."""
+    if head_init is None or isinstance(head_init, Mapping) or head_init in HEAD_INITS:
+        return
+    raise ValueError(
+        f"head_init must be 'auto', 'pretrained', 'random' or a dict "
+        f"{{class: pretrained index or name}}, got {head_init!r}"
+    )
+
+
 def _need(pretrained: PretrainedClasses | None, what: str) -> PretrainedClasses:
     if pretrained is None:
         raise ValueError(
-            f"{what} needs a body with its pretrained classifier (a timm or torchvision model "
-            "name with pretrained=True); this one has none"
+            f"{what} needs the body's pretrained classifier: one linear layer over the pooled "
+            "features with known (ImageNet) class names; this body has none (a module of "
+            "your own, pretrained=False, or another kind of head)"
         )
     return pretrained
 
@@ -160,6 +198,8 @@ def _mismatches(found: dict[str, list[int]], pretrained: PretrainedClasses) -> s
             for i, names in by_index.items()
             if len(names) > 1
         ]
+    if len(parts) > _SHOWN:
+        parts = [*parts[:_SHOWN], f"and {len(parts) - _SHOWN} more"]
     return "; ".join(parts)
 
 
@@ -196,10 +236,21 @@ def _from_mapping(
 def head_init_summary(
     classes: Sequence[str], indices: list[int] | None, pretrained: PretrainedClasses | None
 ) -> str:
-    """One line for ``learn.head_init``: where the head's starting weights came from."""
+    """One line for ``learn.model.head_init``: where the head's starting weights came from."""
     if indices is None or pretrained is None:
         return "random"
     pairs = ", ".join(
         f"{c} = {i} {pretrained.names[i][0]!r}" for c, i in zip(classes, indices, strict=True)
     )
     return f"pretrained classes: {pairs}"
+
+
+def warn_head_init(summary: str, *, stacklevel: int = 2) -> None:
+    """One line saying which pretrained rows the head starts from (see HeadInitWarning)."""
+    shown = summary.removeprefix("pretrained classes: ")
+    warnings.warn(
+        f"the new head starts from the pretrained classifier's rows {shown} "
+        "(head_init='random' starts it at random)",
+        HeadInitWarning,
+        stacklevel=stacklevel + 1,
+    )

@@ -11,7 +11,12 @@ from torch import nn
 
 from nbtrain.core.features import BodyHead
 from nbtrain.core.learner import Learner
-from nbtrain.vision.classes import head_init_summary, resolve_head_init
+from nbtrain.vision.classes import (
+    check_head_init,
+    head_init_summary,
+    resolve_head_init,
+    warn_head_init,
+)
 from nbtrain.vision.models import OFFLINE_ARCH, BodySpec, body_groups, create_body
 
 
@@ -68,6 +73,7 @@ def pretrained_learner(
     classes = getattr(data, "classes", None)
     if not classes:
         raise ValueError("the data has no classes; build it with ImageData.from_folder/from_csv")
+    check_head_init(head_init)  # before the body is built (it may download)
     with torch.random.fork_rng(devices=[]):  # the user's RNG stream is left alone
         if seed is not None:
             torch.manual_seed(seed)  # the new head starts the same in every kernel
@@ -83,4 +89,6 @@ def pretrained_learner(
         group.name = name
     learn.freeze()
     learn.precompute = precompute
+    if head_init == "auto" and model.head_init != "random":  # picked by name: say which
+        warn_head_init(model.head_init, stacklevel=3)  # the caller of Learner.pretrained
     return learn

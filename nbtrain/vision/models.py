@@ -207,13 +207,18 @@ def _fits(classifier: PretrainedClasses | None, width: int) -> PretrainedClasses
     return classifier
 
 
-def _classifier(linear: nn.Module, names: Sequence[str]) -> PretrainedClasses | None:
+def _classifier(
+    linear: nn.Module, names: Sequence[str], ids: Sequence[str] = ()
+) -> PretrainedClasses | None:
+    """``names[i]`` is class i's comma-separated synonyms, ``ids[i]`` its WordNet id."""
     if not isinstance(linear, nn.Linear) or linear.out_features != len(names):
         return None
     weight = linear.weight.detach().clone()
     bias = linear.bias.detach().clone() if linear.bias is not None else weight.new_zeros(len(names))
-    synonyms = tuple(tuple(s.strip() for s in str(n).split(",") if s.strip()) for n in names)
-    return PretrainedClasses(weight, bias, synonyms)
+    synonyms = [[s.strip() for s in str(n).split(",") if s.strip()] for n in names]
+    for words, wnid in zip(synonyms, ids, strict=False):
+        words.append(wnid)
+    return PretrainedClasses(weight, bias, tuple(tuple(words) for words in synonyms))
 
 
 def _timm_classifier(model: nn.Module) -> PretrainedClasses | None:
@@ -226,9 +231,10 @@ def _timm_classifier(model: nn.Module) -> PretrainedClasses | None:
             return None
         info = ImageNetInfo(subset)
         names = [info.index_to_description(i) for i in range(info.num_classes())]
+        ids = [info.index_to_label_name(i) for i in range(info.num_classes())]
     except Exception:  # an older timm, or a label file missing: start the head at random
         return None
-    return _classifier(model.get_classifier(), names)
+    return _classifier(model.get_classifier(), names, ids)
 
 
 def _resolve_arch(arch: str) -> tuple[str, str]:
@@ -284,7 +290,8 @@ def _timm_weights_cached(name: str) -> tuple[bool, str]:
 
 
 def _timm_width(model: nn.Module) -> int:
-    # With num_classes=0, timm returns pre-logits features (head_hidden_size when there is one).
+    # After reset_classifier(0), timm returns pre-logits features (head_hidden_size when there
+    # is one): what the classifier's rows were applied to.
     return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 

@@ -99,6 +99,14 @@ def test_result_reports_rules_and_notes():
         "the loss falls only 17% before it rises: the model already fits well (a head "
         "started from pretrained classes?), so the suggestion is rough"
     ]
+    rising = [0.5 * 1.05**i for i in range(100)]  # start too high: no fall at all
+    assert LRRangeResult(lrs, rising, rising, [], "diverged").notes == []
+    slow = [1.0 - 0.002 * i for i in range(100)]  # a slow fall that never turns
+    assert LRRangeResult(lrs, slow, slow, [], "end").notes == [
+        "the loss never rose at the end; raise end to see where it diverges"
+    ]
+    cut = LRRangeResult(lrs[:60], low[:60], low[:60], [], "interrupted")
+    assert not any("falls only" in note for note in cut.notes)
 
 
 def _rng_fingerprint():

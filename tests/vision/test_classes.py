@@ -6,12 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from nbtrain.vision.classes import PretrainedClasses, match_class, resolve_head_init
+from nbtrain.vision.classes import (
+    HeadInitWarning,
+    PretrainedClasses,
+    match_class,
+    resolve_head_init,
+    warn_head_init,
+)
 from nbtrain.vision.learner import ImageClassifier
 from nbtrain.vision.models import BodySpec, create_body
 
 NAMES = (
-    ("ant", "emmet", "pismire"),
+    ("ant", "emmet", "pismire", "n02219486"),
     ("bee",),
     ("crane",),
     ("crane",),
@@ -19,6 +25,10 @@ NAMES = (
     ("box",),
     ("butterfly",),
     ("lady",),
+    ("wolf",),
+    ("goose",),
+    ("tomato",),
+    ("tabby", "n02123045"),
 )
 PRETRAINED = PretrainedClasses(
     torch.arange(len(NAMES) * 4, dtype=torch.float32).reshape(len(NAMES), 4),
@@ -38,6 +48,12 @@ PRETRAINED = PretrainedClasses(
         ("boxes", [5]),
         ("butterflies", [6]),
         ("ladies", [7]),
+        ("wolves", [8]),
+        ("geese", [9]),
+        ("tomatoes", [10]),
+        ("golden retrievers", [4]),  # plural on the last word
+        ("n02219486", [0]),  # a WordNet id, as Imagenette names its folders
+        ("n02123045", [11]),
         ("crane", [2, 3]),  # two pretrained classes share the name
         ("cat", []),
         ("antelope", []),  # a prefix is not a name
@@ -66,7 +82,7 @@ def test_auto_uses_the_rows_only_when_every_class_matches_once():
         ("pretrained", ["ant", "ants"], "'ant' and 'ants' both match 0 'ant, emmet, pismire'"),
         ({"ants": 0}, ["ants", "bees"], r"no entry for 'bees' \(classes"),
         ({"ants": 0, "bees": 1, "wasps": 2}, ["ants", "bees"], "the data has no class 'wasps'"),
-        ({"ants": 0, "bees": 99}, ["ants", "bees"], r"head_init\['bees'\] = 99 is not in 0..7"),
+        ({"ants": 0, "bees": 99}, ["ants", "bees"], r"head_init\['bees'\] = 99 is not in 0..11"),
         ({"ants": 0, "bees": 1.0}, ["ants", "bees"], "must be a pretrained class index or name"),
         ({"ants": "crane", "bees": 1}, ["ants", "bees"], "matches several"),
         ("imagenet", ["ants", "bees"], "head_init must be 'auto', 'pretrained', 'random' or a"),
@@ -79,10 +95,23 @@ def test_bad_head_init_is_one_clear_line(head_init, classes, message):
 
 
 def test_pretrained_needs_a_body_with_a_classifier():
-    with pytest.raises(ValueError, match="needs a body with its pretrained classifier"):
+    with pytest.raises(ValueError, match="needs the body's pretrained classifier: one linear"):
         resolve_head_init("pretrained", ["ants"], None)
-    with pytest.raises(ValueError, match="a dict needs a body with its pretrained classifier"):
+    with pytest.raises(ValueError, match="a dict needs the body's pretrained classifier"):
         resolve_head_init({"ants": 0}, ["ants"], None)
+
+
+def test_a_long_mismatch_list_is_cut_short():
+    classes = [f"thing{i}" for i in range(40)]
+    with pytest.raises(ValueError) as info:
+        resolve_head_init("pretrained", classes, PRETRAINED)
+    message = str(info.value)
+    assert "'thing4'" in message and "'thing5'" not in message and "and 35 more" in message
+
+
+def test_the_warning_names_every_row():
+    with pytest.warns(HeadInitWarning, match=r"rows ants = 0 'ant', bees = 1 'bee' \(head_init"):
+        warn_head_init("pretrained classes: ants = 0 'ant', bees = 1 'bee'")
 
 
 def test_dict_takes_indices_and_names():
@@ -116,6 +145,7 @@ def test_classifier_head_is_random_when_the_classes_do_not_match():
 def test_offline_lite0_carries_imagenet_classes():
     spec = create_body("tf_efficientnet_lite0")
     assert spec.classifier.weight.shape == (1000, spec.n_features)
-    assert spec.classifier.names[310] == ("ant", "emmet", "pismire")
-    assert spec.classifier.names[309] == ("bee",)
+    assert spec.classifier.names[310] == ("ant", "emmet", "pismire", "n02219486")
+    assert spec.classifier.names[309] == ("bee", "n02206856")
+    assert spec.classifier.label(310) == "ant, emmet, pismire"
     assert create_body("tf_efficientnet_lite0", pretrained=False).classifier is None

@@ -8,6 +8,7 @@ import torch
 from nbtrain import Learner
 from nbtrain.core.features import FeatureCache
 from nbtrain.vision import ImageData, make_shapes_dataset
+from nbtrain.vision.classes import HeadInitWarning
 from nbtrain.vision.interpret import Interpretation
 
 
@@ -105,11 +106,14 @@ def test_precompute_on_real_photos(hymenoptera, tmp_path):
 
 def test_head_starts_from_imagenet_rows_on_real_photos(hymenoptera, tmp_path):
     data = ImageData.from_folder(hymenoptera, size=224, bs=64, num_workers=2)
-    learn = Learner.pretrained(data, device="cpu", path=tmp_path)
+    with pytest.warns(HeadInitWarning, match="rows ants = 310 'ant', bees = 309 'bee'"):
+        learn = Learner.pretrained(data, device="cpu", path=tmp_path)
     assert learn.model.head_init == "pretrained classes: ants = 310 'ant', bees = 309 'bee'"
     assert learn.evaluate()["accuracy"] >= 0.95  # before any training
     fresh = Learner.pretrained(data, head_init="random", device="cpu", path=tmp_path)
     assert fresh.model.head_init == "random"
+    with pytest.raises(ValueError, match="head_init must be 'auto', 'pretrained', 'random'"):
+        Learner.pretrained(data, arch="no_such_model", head_init="imagenet")  # checked first
     with pytest.raises(ValueError, match="no pretrained class is named 'triangle'"):
         Learner.pretrained(
             ImageData.from_folder(make_shapes_dataset(tmp_path / "s", n_per_class=2), size=32),
