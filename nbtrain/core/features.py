@@ -160,6 +160,7 @@ class FeatureCache:
         path = self._path(feats.key)
         if path is None:
             return
+        tmp: str | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -174,10 +175,13 @@ class FeatureCache:
                     f,
                 )
             os.replace(tmp, path)
+            tmp = None
         except OSError:
-            # A read-only or full disk only costs the reuse across sessions.
-            with contextlib.suppress(UnboundLocalError, OSError):
-                Path(tmp).unlink(missing_ok=True)
+            pass  # a read-only or full disk only costs the reuse across sessions
+        finally:
+            if tmp is not None:  # a failed or interrupted write leaves no partial file
+                with contextlib.suppress(OSError):
+                    Path(tmp).unlink(missing_ok=True)
 
 
 def extract(

@@ -91,6 +91,45 @@ def test_head_trains_on_cached_activations_and_body_stays(tmp_path):
     assert learn.validate()["loss"] < untrained * 0.9
 
 
+def test_an_interrupt_while_caching_leaves_everything_as_it_was(tmp_path, monkeypatch):
+    learn = make_learner(tmp_path)
+    learn.precompute = True
+    body = learn.model.body
+    forward = CountingBody.forward
+
+    def interrupted(self, x):
+        if self.calls == 3:
+            raise KeyboardInterrupt
+        return forward(self, x)
+
+    monkeypatch.setattr(CountingBody, "forward", interrupted)
+    before, rng = model_state(learn.model), torch.get_rng_state()
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit_cycles(0.5)
+    assert body.training and torch.equal(torch.get_rng_state(), rng)
+    after = model_state(learn.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert learn.feature_cache.last is None and not list((tmp_path / "cache").glob("*"))
+    monkeypatch.undo()
+    state = learn.fit_cycles(0.5)  # the same learner goes on: the cache is built now
+    assert state.status == "done" and learn.feature_cache.misses == 2
+
+
+def test_an_interrupted_cache_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    learn = make_learner(tmp_path)
+    learn.precompute = True
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        learn.features()
+    assert not list((tmp_path / "cache").glob("*"))
+    monkeypatch.undo()
+    assert learn.features().source == "memory"  # computed before the write: kept
+
+
 def test_snapshots_of_a_cached_fit_hold_the_whole_model(tmp_path):
     learn = make_learner(tmp_path)
     learn.precompute = True
