@@ -127,9 +127,16 @@ class FitJob:
         if interrupt is not None:
             listeners.append(_InterruptCheck(interrupt))
         learn = self.learn
+        current = [0]  # 1-based number of the running stage, for the notes
+
+        def note(text: str) -> None:
+            many = len(self.stages) > 1
+            self.view.note(f"stage {current[0]}: {text}" if many else text)
+
         try:
-            with routed_warnings(self.view.note):
-                for stage in self.stages:
+            with routed_warnings(note):
+                for number, stage in enumerate(self.stages, start=1):
+                    current[0] = number
                     if getattr(self.view, "stop_requested", False):
                         break
                     if stage.freeze_to is not None:

@@ -116,6 +116,8 @@ class NbtrainMagics(Magics):
 
     def _learner(self, name: str) -> Learner:
         ns = self.shell.user_ns
+        if not name.isidentifier():
+            raise UsageError(f"{name!r} is not a variable name; give the name of a Learner")
         if name not in ns:
             learners = [k for k, v in ns.items() if isinstance(v, Learner) and k[:1] != "_"]
             close = difflib.get_close_matches(name, learners, n=1)

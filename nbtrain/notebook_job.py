@@ -22,7 +22,11 @@ NOTEBOOK = REPO / "notebooks" / "checklist.ipynb"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m nbtrain.notebook_job", description=__doc__)
+    ap = argparse.ArgumentParser(
+        prog="python -m nbtrain.notebook_job",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--data", default=None,
                     help="image folder with train/ and valid/ (or val/); default: a generated "
                     "shapes data set, offline")

@@ -181,6 +181,7 @@ def test_lr_find_widget_pick_updates_the_variable(ip, learn):
     [
         ("lern --lr 0.1", "no learner named 'lern' in the namespace; did you mean 'learn'?"),
         ("nothing --lr 0.1", "create one with nothing = Learner.pretrained(data)"),
+        ("3 --lr 0.1", "'3' is not a variable name; give the name of a Learner"),
         ("learn --lr 0.1 --bogus 3", "unrecognized arguments: --bogus 3"),
         ("learn --lr [1e-3,1e-2]", "got 2 learning rates for 3 layer groups"),
         ("learn --lr [1e-3, 1e-2, 1e-1]", "quote an expression with spaces"),
@@ -317,6 +318,11 @@ def test_core_warnings_become_one_line(ip, tmp_path, recwarn):
     with capture_output() as out:
         ip.run_line_magic("fit_cycles", "learn --lr 0.05 --precompute")
     assert "warning: precompute is on, so the head trains on cached activations" in out.stdout
+    ip.user_ns["learn"] = body_head_learner(tmp_path, TensorData(augment=True))  # warns again
+    with capture_output() as out:  # in a run of several stages, a note says which
+        ip.run_cell_magic("fit_cycles", "learn --lr 0.05", "cycles=1 precompute=True\ncycles=1\n")
+    assert "warning: stage 1: precompute is on, so the head trains" in out.stdout
+    learn = ip.user_ns["learn"]
     with capture_output() as out:
         ip.run_line_magic("fit_cycles", "learn --lr 1e30 --cycles 3 --no-precompute --unfreeze")
     assert learn.fits[-1].status == "diverged"

@@ -631,11 +631,16 @@ class Learner:
 
     def load_snapshot(self, index: int = -1) -> Snapshot:
         """Put the weights of an SGDR snapshot (``learn.snapshots[index]``) back."""
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError(f"a snapshot index is a whole number, got {index!r}")
         if not self.snapshots:
             raise ValueError("no snapshots yet; they are taken at the end of each cycle")
         count = len(self.snapshots)
         if not -count <= index < count:
-            raise ValueError(f"no snapshot {index}; there are {count} (0..{count - 1})")
+            raise ValueError(
+                f"no snapshot {index}; there are {count} (0..{count - 1}, or -1..-{count} "
+                "from the end)"
+            )
         snap = self.snapshots[index]
         self.model.load_state_dict(snap.state_dict)
         return snap

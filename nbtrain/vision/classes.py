@@ -183,10 +183,13 @@ def _distinct(found: dict[str, list[int]]) -> bool:
 
 def _mismatches(found: dict[str, list[int]], pretrained: PretrainedClasses) -> str:
     parts = []
+    unnamed = [name for name, hits in found.items() if not hits]
+    if unnamed:
+        shown = ", ".join(map(repr, unnamed[:_SHOWN]))
+        more = f" and {len(unnamed) - _SHOWN} more" if len(unnamed) > _SHOWN else ""
+        parts.append(f"no pretrained class is named {shown}{more}")
     for name, hits in found.items():
-        if not hits:
-            parts.append(f"no pretrained class is named {name!r}")
-        elif len(hits) > 1:
+        if len(hits) > 1:
             shown = ", ".join(f"{i} {pretrained.label(i)!r}" for i in hits[:4])
             parts.append(f"{name!r} matches several ({shown})")
     if not parts:  # two classes on one pretrained class
@@ -240,7 +243,7 @@ def head_init_summary(
     if indices is None or pretrained is None:
         return "random"
     pairs = ", ".join(
-        f"{c} = {i} {pretrained.names[i][0]!r}" for c, i in zip(classes, indices, strict=True)
+        f"{c} = {i} {pretrained.label(i)!r}" for c, i in zip(classes, indices, strict=True)
     )
     return f"pretrained classes: {pairs}"
 
@@ -249,7 +252,7 @@ def warn_head_init(summary: str, *, stacklevel: int = 2) -> None:
     """One line saying which pretrained rows the head starts from (see HeadInitWarning)."""
     shown = summary.removeprefix("pretrained classes: ")
     warnings.warn(
-        f"the new head starts from the pretrained classifier's rows {shown} "
+        f"the new head starts from the pretrained (ImageNet) classifier's rows {shown} "
         "(head_init='random' starts it at random)",
         HeadInitWarning,
         stacklevel=stacklevel + 1,

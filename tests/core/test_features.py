@@ -140,6 +140,11 @@ def test_snapshots_of_a_cached_fit_hold_the_whole_model(tmp_path):
     assert not torch.equal(final["head.weight"], learn.model.head.weight)
     learn.load_snapshot(-1)
     assert torch.equal(final["head.weight"], learn.model.head.weight)
+    with pytest.raises(ValueError, match=r"no snapshot 2; there are 2 \(0..1, or -1..-2 from"):
+        learn.load_snapshot(2)
+    with pytest.raises(ValueError, match=r"a snapshot index is a whole number, got 1\.5"):
+        learn.load_snapshot(1.5)
+    assert torch.equal(final["head.weight"], learn.model.head.weight)  # nothing changed
 
 
 def test_precompute_changes_speed_not_results(tmp_path):
