@@ -12,7 +12,11 @@ from nbtrain.core.schedules import SGDRSchedule
 
 @dataclass
 class EpochRecord:
-    """One row of the per-epoch table."""
+    """One row of the per-epoch table.
+
+    ``epoch`` and ``cycle`` count from 0 within the fit, like the iteration counter; the
+    progress views show them from 1 (``epoch + 1``).
+    """
 
     epoch: int
     cycle: int
