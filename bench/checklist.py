@@ -114,9 +114,9 @@ def main() -> None:
     found = learn.lr_find(
         start=[1e-7 * r for r in ratios], iters=args.unfrozen_iters, seed=args.seed
     )
-    # Fine-tuning a pretrained body: stay well below where the loss turns (the course's
-    # advice is an order of magnitude below the head's rate).
-    lr_unfrozen = min(found.suggestion or lr, lr) / 10
+    # The unfrozen range test measures the whole network; the course's advice caps the
+    # body's fine-tuning rate at a tenth of the head's: the lower of the two.
+    lr_unfrozen = min(found.suggestion or lr / 10, lr / 10)
     rates = spread_lrs(lr_unfrozen, learn.n_groups, factor=3)
     print(
         "   lr_find (unfrozen): "

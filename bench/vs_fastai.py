@@ -424,7 +424,8 @@ def part_nbtrain_checklist(args, tmp: Path, head_init: str) -> tuple[Stages, flo
     found = learn.lr_find(
         start=[1e-7 * r for r in ratios], iters=args.unfrozen_iters, seed=args.seed
     )
-    rates = spread_lrs(min(found.suggestion or lr, lr) / 10, learn.n_groups, factor=3)
+    top = min(found.suggestion or lr / 10, lr / 10)  # as bench/checklist.py
+    rates = spread_lrs(top, learn.n_groups, factor=3)
     print(f"  nbtrain rates: head {lr:.1e}, unfrozen {', '.join(f'{r:.1e}' for r in rates)}")
     n = 2**args.unfrozen_cycles - 1
     state = learn.fit_cycles(rates, args.unfrozen_cycles, cycle_mult=2, seed=args.seed)
