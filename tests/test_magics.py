@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import threading
 import time
@@ -25,38 +24,17 @@ from nbtrain.views import frontend
 from nbtrain.views.freeze_panel import FreezePanel
 from nbtrain.views.lr_plot import LRFinderPlot
 from nbtrain.views.progress import ProgressView
-from tests.core.conftest import assert_same_state, make_mlp, model_state, xor_data
+from tests.core.conftest import (
+    TensorData,
+    assert_same_state,
+    make_mlp,
+    model_state,
+    xor_data,
+)
 
 
-class TensorData:
-    """In-memory data that can key a precompute cache and be resized, like ImageData."""
-
-    def __init__(self, n: int = 64, *, augment: bool = False, bs: int = 32) -> None:
-        self.train_ds, self.valid_ds = xor_data(n, seed=0), xor_data(32, seed=1)
-        self.bs, self.augment, self.size, self.sizes = bs, augment, 1, []
-
-    @property
-    def train(self):
-        return DataLoader(self.train_ds, batch_size=self.bs, shuffle=True)
-
-    @property
-    def fix(self):
-        return DataLoader(self.train_ds, batch_size=self.bs)
-
-    @property
-    def valid(self):
-        return DataLoader(self.valid_ds, batch_size=self.bs)
-
-    def file_signature(self, split):
-        ds = self.train_ds if split == "train" else self.valid_ds
-        return hashlib.sha256(ds.tensors[0].numpy().tobytes()).hexdigest()
-
-    def eval_signature(self):
-        return f"size={self.size}"
-
-    def set_size(self, size):
-        self.size = size
-        self.sizes.append(size)
+def small_data(*, augment: bool = False) -> TensorData:
+    return TensorData(64, n_valid=32, augment=augment)
 
 
 def body_head_learner(tmp_path, data=None) -> Learner:
@@ -67,7 +45,7 @@ def body_head_learner(tmp_path, data=None) -> Learner:
     model = BodyHead(body, nn.Linear(16, 2))
     learn = Learner(
         model,
-        data or TensorData(),
+        data or small_data(),
         layer_groups=[body[:2], body[2:], model.head],
         device="cpu",
         path=tmp_path,
@@ -314,11 +292,11 @@ def test_cell_magic_under_one_progress_view(ip, learn):
 
 
 def test_core_warnings_become_one_line(ip, tmp_path, recwarn):
-    learn = ip.user_ns["learn"] = body_head_learner(tmp_path, TensorData(augment=True))
+    learn = ip.user_ns["learn"] = body_head_learner(tmp_path, small_data(augment=True))
     with capture_output() as out:
         ip.run_line_magic("fit_cycles", "learn --lr 0.05 --precompute")
     assert "warning: precompute is on, so the head trains on cached activations" in out.stdout
-    ip.user_ns["learn"] = body_head_learner(tmp_path, TensorData(augment=True))  # warns again
+    ip.user_ns["learn"] = body_head_learner(tmp_path, small_data(augment=True))  # warns again
     with capture_output() as out:  # in a run of several stages, a note says which
         ip.run_cell_magic("fit_cycles", "learn --lr 0.05", "cycles=1 precompute=True\ncycles=1\n")
     assert "warning: stage 1: precompute is on, so the head trains" in out.stdout

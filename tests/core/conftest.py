@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +17,39 @@ def xor_data(n: int = 256, *, seed: int = 0) -> TensorDataset:
     x = torch.rand(n, 2, generator=g) * 2 - 1
     y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long()
     return TensorDataset(x, y)
+
+
+class TensorData:
+    """In-memory data that can key a precompute cache and be resized, like ImageData."""
+
+    def __init__(
+        self, n: int = 256, *, n_valid: int = 128, augment: bool = False, bs: int = 32
+    ) -> None:
+        self.train_ds, self.valid_ds = xor_data(n, seed=0), xor_data(n_valid, seed=1)
+        self.bs, self.augment, self.size, self.sizes = bs, augment, 1, []
+
+    @property
+    def train(self):
+        return DataLoader(self.train_ds, batch_size=self.bs, shuffle=True)
+
+    @property
+    def fix(self):
+        return DataLoader(self.train_ds, batch_size=self.bs)
+
+    @property
+    def valid(self):
+        return DataLoader(self.valid_ds, batch_size=self.bs)
+
+    def file_signature(self, split):
+        ds = self.train_ds if split == "train" else self.valid_ds
+        return hashlib.sha256(ds.tensors[0].numpy().tobytes()).hexdigest()
+
+    def eval_signature(self):
+        return f"size={self.size}"
+
+    def set_size(self, size):
+        self.size = size
+        self.sizes.append(size)
 
 
 def make_mlp() -> nn.Module:

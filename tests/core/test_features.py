@@ -1,47 +1,15 @@
 """Precompute: a content-keyed cache of frozen-body activations."""
 
-import hashlib
 
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from nbtrain.core import Learner
 from nbtrain.core.features import BodyHead, FeatureCache
 from nbtrain.core.learner import PrecomputeWarning
 
-from .conftest import model_state, xor_data
-
-
-class TensorData:
-    """In-memory data that can key a cache, like ImageData does for files."""
-
-    def __init__(self, n=256, *, augment=False, bs=32):
-        self.train_ds, self.valid_ds = xor_data(n, seed=0), xor_data(128, seed=1)
-        self.bs, self.augment, self.size = bs, augment, 1
-
-    @property
-    def train(self):
-        return DataLoader(self.train_ds, batch_size=self.bs, shuffle=True)
-
-    @property
-    def fix(self):
-        return DataLoader(self.train_ds, batch_size=self.bs)
-
-    @property
-    def valid(self):
-        return DataLoader(self.valid_ds, batch_size=self.bs)
-
-    def file_signature(self, split):
-        ds = self.train_ds if split == "train" else self.valid_ds
-        return hashlib.sha256(ds.tensors[0].numpy().tobytes()).hexdigest()
-
-    def eval_signature(self):
-        return f"size={self.size}"
-
-    def set_size(self, size):
-        self.size = size
+from .conftest import TensorData, model_state, xor_data
 
 
 class CountingBody(nn.Module):
