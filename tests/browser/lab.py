@@ -99,8 +99,8 @@ def wait_kernel_idle(page, timeout_s: float = 120) -> None:
     page.wait_for_function(KERNEL_IDLE_JS, timeout=timeout_s * 1000)
 
 
-def rerun_and_read(page, i: int, pattern: str, timeout_s: float = 60) -> re.Match:
-    """Run cell ``i`` again and return the match of ``pattern`` in its fresh output."""
+def run_and_wait(page, i: int, timeout_s: float = 120) -> None:
+    """Run cell ``i`` and wait until its prompt shows a new execution count."""
     before = prompt_number(page, i)
     run_cell(page, i)
     page.wait_for_function(
@@ -110,6 +110,11 @@ def rerun_and_read(page, i: int, pattern: str, timeout_s: float = 60) -> re.Matc
           return !!m && Number(m[1]) !== before; }""",
         arg=[i, before], timeout=timeout_s * 1000,
     )
+
+
+def rerun_and_read(page, i: int, pattern: str, timeout_s: float = 60) -> re.Match:
+    """Run cell ``i`` again and return the match of ``pattern`` in its fresh output."""
+    run_and_wait(page, i, timeout_s)
     text = output_text(page, i)
     m = re.search(pattern, text)
     assert m, f"{pattern!r} not in cell {i}'s output: {text!r}"

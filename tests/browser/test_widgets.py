@@ -21,6 +21,7 @@ from tests.browser.lab import (
     output_text,
     prompt_number,
     rerun_and_read,
+    run_and_wait,
     run_cell,
     write_notebook,
 )
@@ -62,19 +63,6 @@ CELLS = [
     'print(f"STATUS={state.status} IT={state.it} PLANNED={state.total_iters}")\n'
     "print(f\"ACCURACY={metrics['accuracy']!r}\")",
 ]
-
-
-def run_and_wait(page, i: int, timeout_s: float = 120) -> None:
-    """Run cell ``i`` and wait until its prompt shows a new execution count."""
-    before = prompt_number(page, i)
-    run_cell(page, i)
-    page.wait_for_function(
-        """([i, before]) => {
-          const c = document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell')[i];
-          const m = c && /\\[(\\d+)\\]/.exec(c.querySelector('.jp-InputPrompt').textContent);
-          return !!m && Number(m[1]) !== before; }""",
-        arg=[i, before], timeout=timeout_s * 1000,
-    )
 
 
 def value(text: str, key: str) -> str:
