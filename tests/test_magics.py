@@ -360,12 +360,15 @@ def test_cells_are_rewritten_only_when_widgets_are_in_use(ip):
     assert "await" not in ip.transform_cell("%fit_cycles learn --lr 1\n")
 
 
-def test_a_rewritten_cell_trains_in_a_worker_and_stop_ends_it(ip, tmp_path):
+def long_fit_learner(tmp_path) -> Learner:
+    """256 batches an epoch: time to stop or interrupt a fit while it runs."""
     train = DataLoader(xor_data(4096, seed=0), batch_size=16, shuffle=True)
     valid = DataLoader(xor_data(32, seed=1), batch_size=32)
-    learn = ip.user_ns["learn"] = Learner(
-        make_mlp(), DataLoaders(train, valid), device="cpu", path=tmp_path
-    )
+    return Learner(make_mlp(), DataLoaders(train, valid), device="cpu", path=tmp_path)
+
+
+def test_a_rewritten_cell_trains_in_a_worker_and_stop_ends_it(ip, tmp_path):
+    learn = ip.user_ns["learn"] = long_fit_learner(tmp_path)
     frontend.set_mode("widgets")
     threads = []
     learn.events.on("fit_start", lambda s: threads.append(threading.current_thread().name))
@@ -389,11 +392,7 @@ def test_a_rewritten_cell_trains_in_a_worker_and_stop_ends_it(ip, tmp_path):
 
 
 def test_a_kernel_interrupt_ends_the_worker_fit_at_a_batch_boundary(ip, tmp_path):
-    train = DataLoader(xor_data(4096, seed=0), batch_size=16, shuffle=True)
-    valid = DataLoader(xor_data(32, seed=1), batch_size=32)
-    learn = ip.user_ns["learn"] = Learner(
-        make_mlp(), DataLoaders(train, valid), device="cpu", path=tmp_path
-    )
+    learn = ip.user_ns["learn"] = long_fit_learner(tmp_path)
     frontend.set_mode("widgets")
 
     async def interrupt_after_a_few_batches():
