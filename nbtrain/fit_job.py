@@ -127,16 +127,14 @@ class FitJob:
         if interrupt is not None:
             listeners.append(_InterruptCheck(interrupt))
         learn = self.learn
-        current = [0]  # 1-based number of the running stage, for the notes
+        number = 0  # the running stage, from 1; read by note() when a warning comes
 
         def note(text: str) -> None:
-            many = len(self.stages) > 1
-            self.view.note(f"stage {current[0]}: {text}" if many else text)
+            self.view.note(f"stage {number}: {text}" if len(self.stages) > 1 else text)
 
         try:
             with routed_warnings(note):
-                for number, stage in enumerate(self.stages, start=1):
-                    current[0] = number
+                for number, stage in enumerate(self.stages, start=1):  # noqa: B007
                     if getattr(self.view, "stop_requested", False):
                         break
                     if stage.freeze_to is not None:

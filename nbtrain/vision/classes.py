@@ -17,6 +17,7 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -72,6 +73,14 @@ class PretrainedClasses:
     bias: torch.Tensor
     names: tuple[tuple[str, ...], ...]
 
+    @cached_property
+    def _index(self) -> dict[str, list[int]]:
+        return name_index(self.names)
+
+    def match(self, name: str) -> list[int]:
+        """:func:`match_class` against these names, through an index built once."""
+        return _lookup(name, self._index)
+
     def label(self, index: int) -> str:
         """Class ``index``'s names, without its WordNet id."""
         return ", ".join(n for n in self.names[index] if not _WNID.fullmatch(n))
@@ -105,8 +114,20 @@ def _forms(name: str) -> set[str]:
 def match_class(name: str, names: Sequence[Sequence[str]]) -> list[int]:
     """Indices of the pretrained classes one of whose names is ``name`` (or its singular),
     ignoring case, ``_`` and ``-``."""
-    forms = _forms(name)
-    return [i for i, synonyms in enumerate(names) if forms & {normalize(s) for s in synonyms}]
+    return _lookup(name, name_index(names))
+
+
+def name_index(names: Sequence[Sequence[str]]) -> dict[str, list[int]]:
+    """Each normalized name -> the indices of the classes that have it, in order."""
+    index: dict[str, list[int]] = {}
+    for i, synonyms in enumerate(names):
+        for key in {normalize(s) for s in synonyms}:
+            index.setdefault(key, []).append(i)
+    return index
+
+
+def _lookup(name: str, index: dict[str, list[int]]) -> list[int]:
+    return sorted({i for form in _forms(name) for i in index.get(form, ())})
 
 
 def resolve_head_init(
@@ -144,7 +165,7 @@ def resolve_head_init(
         if head_init == "auto":
             return None
         _need(pretrained, "head_init='pretrained'")
-    found = {c: match_class(c, pretrained.names) for c in classes}
+    found = {c: pretrained.match(c) for c in classes}
     if all(len(hits) == 1 for hits in found.values()) and _distinct(found):
         return [found[c][0] for c in classes]
     if head_init == "auto":
@@ -228,7 +249,7 @@ def _from_mapping(
                 raise ValueError(f"head_init[{name!r}] = {target} is not in 0..{n - 1}")
             indices.append(target)
             continue
-        hits = match_class(target, pretrained.names)
+        hits = pretrained.match(target)
         if len(hits) != 1:
             problem = _mismatches({target: hits}, pretrained)
             raise ValueError(f"head_init[{name!r}]: {problem}; give its index instead")
