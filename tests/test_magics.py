@@ -15,7 +15,7 @@ from IPython.utils.capture import capture_output
 from torch import nn
 from torch.utils.data import DataLoader
 
-from nbtrain.core import DataLoaders, Learner
+from nbtrain.core import DataLoaders, Learner, cpu
 from nbtrain.core.features import BodyHead, FeatureCache
 from nbtrain.fit_job import run_async, transform_async_cells
 from nbtrain.magics import last_view
@@ -385,7 +385,9 @@ def test_a_rewritten_cell_trains_in_a_worker_and_stop_ends_it(ip, tmp_path):
         result = ip.run_cell("%fit_cycles learn --lr 0.05 --cycles 20")
     clicker.join()
     assert result.success, result.error_in_exec
-    assert threads == ["nbtrain-fit"]
+    # The cell's worker hands the fit to the thread that glibc's main arena serves
+    # (nbtrain.core.cpu), where the allocator keeps its memory; elsewhere it trains itself.
+    assert threads == ["nbtrain-train" if cpu.arena() is not None else "nbtrain-fit"]
     state = learn.fits[-1]
     assert state.status == "stopped" and 5 <= state.it < state.total_iters
     assert last_view("fit_cycles", ip).message.startswith("stopped: stopped after iteration")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nbtrain.core import groups as G
-from nbtrain.core.cpu import tune_cpu
+from nbtrain.core.cpu import on_main_arena, tune_cpu
 from nbtrain.core.events import Events
 from nbtrain.core.features import BodyHead, FeatureCache, Features
 from nbtrain.core.loop import fit
@@ -289,6 +289,7 @@ class Learner:
         """Whether the next fit trains on cached activations (precompute on, body frozen)."""
         return self._precompute and self.body_frozen
 
+    @on_main_arena
     def features(self) -> Features:
         """The cached body activations for the current data, body and size (computed if
         needed; from memory or disk otherwise)."""
@@ -364,6 +365,7 @@ class Learner:
             cycle_mult=cycle_mult,
         )
 
+    @on_main_arena
     def fit_cycles(
         self,
         lr: LR,
@@ -408,7 +410,7 @@ class Learner:
                 "un-augmented images and augmentation has no effect; set "
                 "learn.precompute = False to train with augmentation",
                 PrecomputeWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of fit_cycles, past @on_main_arena
             )
         model, train, valid = self._training_inputs()
         state = TrainState(schedule=schedule)
@@ -463,6 +465,7 @@ class Learner:
         """Every epoch of every fit, in order."""
         return [record for state in self.fits for record in state.history]
 
+    @on_main_arena
     def lr_find(
         self,
         start: LR = 1e-7,
@@ -497,6 +500,7 @@ class Learner:
             on_step=on_step,
         )
 
+    @on_main_arena
     def validate(self) -> dict[str, float]:
         """Loss and metrics on the validation set (on cached activations when in use)."""
         model, _, valid = self._training_inputs()
@@ -505,6 +509,7 @@ class Learner:
         loss, metrics = self._stepper(model).validate(valid)
         return {"loss": loss, **metrics}
 
+    @on_main_arena
     def evaluate(self, *, tta: bool = False) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ..., ...}`` on the validation set.
 
@@ -534,6 +539,7 @@ class Learner:
             out[getattr(metric, "__name__", f"metric_{i}")] = metric(logits, targets).item()
         return out
 
+    @on_main_arena
     def get_preds(self, loader: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax probabilities and targets of the whole model over ``loader``
         (default: the validation images), in eval mode, on the CPU."""
