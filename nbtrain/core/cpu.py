@@ -22,7 +22,9 @@ the result, which comes back as if the call had run in place.
 
 Learner calls :func:`tune_cpu` once when it trains on the CPU. Set the environment
 variable ``NBTRAIN_KEEP_MALLOC=1`` to leave the allocator alone (and the calls where
-they are made).
+they are made), or ``NBTRAIN_TRAIN_IN_PLACE=1`` to keep the allocator settings but run
+every call on the thread that makes it (read at each call; ``bench/notebook_path.py``
+uses it to show the difference).
 """
 
 from __future__ import annotations
@@ -102,8 +104,11 @@ def tune_cpu() -> dict[str, object]:
     gib = 1 << 30
     ok = (
         libc.mallopt(_M_MMAP_MAX, 0)  # big buffers from the heap, not fresh mmaps
-        and libc.mallopt(_M_TRIM_THRESHOLD, gib)  # do not hand freed memory back ...
-        and libc.mallopt(_M_TOP_PAD, gib)  # ... and grow the heap in large steps
+        # never hand freed memory back (mallopt(3): -1 disables trimming). With the 1 GiB
+        # threshold used before, the third one-epoch fit in a kernel still faulted in
+        # 38k pages in its first batch; with -1, 700.
+        and libc.mallopt(_M_TRIM_THRESHOLD, -1)
+        and libc.mallopt(_M_TOP_PAD, gib)  # and grow the heap in large steps
     )
     _done = {"malloc": "kept (mallopt)" if ok else "left alone (mallopt refused)"}
     return _done
@@ -241,7 +246,7 @@ def _worker_for_this_thread() -> MainArenaThread | None:
     """The thread to hand a heavy call to, or None to run it in place: in place when
     the calling thread is served by the main arena (the main thread, nearly always),
     when the allocator is left alone, or where no such thread can be had."""
-    if not tuned() or arena() != "thread":
+    if not tuned() or os.environ.get("NBTRAIN_TRAIN_IN_PLACE") or arena() != "thread":
         return None
     worker = main_arena_thread()
     if worker is None or threading.current_thread() is worker.thread:
