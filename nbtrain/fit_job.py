@@ -118,12 +118,13 @@ class FitJob:
     view: Any
     handle: Any = None
     states: list[Any] = field(default_factory=list)
+    listeners: list[Any] = field(default_factory=list)  # beside the view, e.g. an epoch log
 
     def run(self, interrupt: threading.Event | None = None) -> None:
         """Run the stages in order; stop early when one does not finish ``done``."""
         from nbtrain.views.freeze_panel import refresh_panels
 
-        listeners: list[Any] = [self.view]
+        listeners: list[Any] = [self.view, *self.listeners]
         if interrupt is not None:
             listeners.append(_InterruptCheck(interrupt))
         learn = self.learn

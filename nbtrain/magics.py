@@ -24,7 +24,7 @@ from IPython.utils.process import arg_split
 from nbtrain.core.learner import Learner
 from nbtrain.fit_job import FitJob, run_async, transform_async_cells
 from nbtrain.stages import STAGE_KEYS, Stage, parse_cell
-from nbtrain.views import frontend
+from nbtrain.views import epoch_log, frontend
 
 __all__ = [
     "NbtrainMagics",
@@ -371,7 +371,8 @@ class NbtrainMagics(Magics):
 
             view, handle = TextProgress(plans, labels=labels, title="fit_cycles"), None
             self.last["fit_cycles"] = view
-        return FitJob(learn, stages, view, handle)
+        log = epoch_log.from_env(plans, labels=labels, title="fit_cycles")  # the main job's
+        return FitJob(learn, stages, view, handle, listeners=[log] if log is not None else [])
 
     def _stage(self, learn: Learner, raw: dict[str, str], where: str) -> Stage:
         """Evaluate one stage's expressions and check them against ``learn``."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -50,8 +51,13 @@ def setup(extras: str) -> None:
     if not PY.exists():
         print(f"creating a virtual environment in {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    sh(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    sh(PY, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]" if extras else ".")
+    # setuptools announces every editable install with an "Editable installation."
+    # notice (a UserWarning that pip re-emits as a BuildBackendWarning, even with
+    # --quiet); it is information, not a problem. Only that message is silenced.
+    warnings = [os.environ.get("PYTHONWARNINGS", ""), "ignore:Editable installation:UserWarning"]
+    env = dict(os.environ, PYTHONWARNINGS=",".join(w for w in warnings if w))
+    sh(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip", env=env)
+    sh(PY, "-m", "pip", "install", "--quiet", "-e", f".[{extras}]" if extras else ".", env=env)
 
 
 def in_ci() -> bool:
@@ -105,6 +111,24 @@ def test(pytest_args: list[str]) -> int:
     return rc
 
 
+def run_job(args: list[str]) -> int:
+    """Run the main job and wait for it, however long it takes.
+
+    Ctrl-C reaches the job as well (same terminal): it interrupts the kernel, saves the
+    weights and writes the notebook, so this process keeps waiting instead of dying
+    (``subprocess.run`` would kill the job on KeyboardInterrupt). SIGTERM is passed on.
+    """
+    cmd = [str(PY), "-m", "nbtrain.notebook_job", *args]
+    print("+", " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            continue
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"run", "test", "lint"}:
         print(__doc__)
@@ -112,7 +136,7 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "run":
         setup("lab")
-        sh(PY, "-m", "nbtrain.notebook_job", *rest)
+        return run_job(rest)
     elif command == "lint":
         setup("test")
         lint()

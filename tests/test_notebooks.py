@@ -85,6 +85,43 @@ def test_notebook_runs(path, nb_tools, tmp_path, monkeypatch):
     m = FINAL_ACCURACY.search(last_text)
     assert m, f"the last cell did not print the final accuracy: {last_text!r}"
     assert 0 <= float(m.group(1)) <= 100
+    if path.name == "checklist.ipynb":  # step 7's sweep: about two epochs, 20 to 100 steps
+        sweep = re.search(r"range test: (\d+) steps, [\d.]+ epochs of (\d+) batches", stdout)
+        assert sweep, "the checklist did not size its unfrozen range test"
+        steps, batches = int(sweep.group(1)), int(sweep.group(2))
+        assert steps == min(100, max(20, 2 * batches))
+
+
+def test_checklist_has_all_eight_steps_in_order(nb_tools):
+    """Step 7 included: after unfreezing, lr_find again with a sweep sized to the data,
+    then the unfrozen SGDR stages at rates built from its suggestion (the lower of it and
+    a tenth of the head's rate, 3x lower per earlier group), with cycle_mult=2."""
+    nbformat, _ = nb_tools
+    nb = nbformat.read(NOTEBOOKS / "checklist.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+
+    def first(pattern: str) -> int:
+        hits = [i for i, source in enumerate(code) if re.search(pattern, source, re.MULTILINE)]
+        assert hits, f"no code cell matches {pattern!r}"
+        return hits[0]
+
+    order = [
+        first(r"ImageData\.from_folder\(.*augment=True"),  # 1
+        first(r"^learn = Learner\.pretrained\(.*precompute=True"),  # 1
+        first(r"^%lr_find learn --seed SEED$"),  # 2
+        first(r"^lr=lr cycles=HEAD_CYCLES precompute=True$"),  # 3
+        first(r"^lr=lr cycles=AUG_CYCLES cycle_len=1 precompute=False$"),  # 4
+        first(r"^%unfreeze learn$"),  # 5
+        first(r"^UNFROZEN_ITERS = .*LR_FIND_EPOCHS \* learn\.iters_per_epoch\(\)"),  # 7
+        first(r"^%lr_find learn .*spread_lrs.*--iters UNFROZEN_ITERS .*--into lr_unfrozen"),
+        first(r"^rates = spread_lrs\(min\(lr_unfrozen or lr / 10, lr / 10\)"),  # 6
+        first(r"^lr=rates cycles=UNFREEZE_CYCLES cycle_mult=2$"),  # 8
+        first(r"^size=FINAL_SIZE lr=rates cycles=1$"),  # progressive resizing
+    ]
+    assert order == sorted(order), order
+    assert "[lr/90, lr/30, lr/10]" not in "".join(code)  # the old fixed rates are gone
+    text = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "about two epochs" in text  # the notebook says what step 7 costs
 
 
 WEIGHTS_DIGEST = """

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from nbtrain.core.schedules import SGDRSchedule
 from nbtrain.core.state import TrainState
-from nbtrain.views.format import final_line, progress_line, text_table
+from nbtrain.views.format import final_line, fmt_seconds, progress_line, text_table
 from nbtrain.views.frontend import in_kernel
 from nbtrain.views.run import RunTracker
 
@@ -72,6 +72,9 @@ class TextProgress:
         The first word of the header lines.
     status_interval
         Seconds between updates of the live status line (in a kernel).
+    eta
+        Add an ``ETA`` column (the whole run's time left) to every epoch row: for logs
+        that have no live status line (:mod:`nbtrain.views.epoch_log`).
     """
 
     def __init__(
@@ -83,9 +86,11 @@ class TextProgress:
         status_interval: float = 2.0,
         stream: TextIO | None = None,
         live: bool | None = None,
+        eta: bool = False,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.tracker = RunTracker(plans, labels)
+        self.eta = eta
         self.title = title
         self.block = TextBlock(stream=stream, live=live)
         self.status_interval = status_interval
@@ -120,8 +125,11 @@ class TextProgress:
 
     def on_epoch_end(self, state: TrainState) -> None:
         tr = self.tracker
-        cells = tr.end_epoch(state)
-        table = text_table(tr.columns(), [cells], min_width=7, left_first=False).splitlines()
+        cells = tr.end_epoch(state)  # first: the first epoch sets the metric columns
+        columns = tr.columns()
+        if self.eta:
+            columns, cells = [*columns, "ETA"], [*cells, fmt_seconds(tr.eta(state))]
+        table = text_table(columns, [cells], min_width=7, left_first=False).splitlines()
         if not self._header_done:
             self.block.add(table[0])
             self._header_done = True
