@@ -423,3 +423,42 @@ def test_formatting_helpers():
     plan = SGDRSchedule(lrs=(0.1,), iters_per_epoch=8, cycles=3, cycle_mult=2)
     assert plan_summary(plan).startswith("3 cycles of 1 + 2 + 4 epochs = 7 epochs, 56 iterations")
     assert text_table(["a", "bb"], [["1", "2"]]) == "a  bb\n1   2"
+
+
+def test_the_final_line_names_the_best_cycle_end_as_the_learner_ranks_it(learn):
+    plans = [learn.plan(0.3, 2), learn.plan(0.02, 2)]
+    view = TextProgress(plans, labels=["head", "all"], stream=io.StringIO(), live=False)
+    for plan in plans:
+        learn.fit_cycles(plan.lrs, plan.cycles, listeners=[view])
+    line = view.finish()
+    best, last = learn.best_snapshot(), learn.snapshots[-1]
+    assert len(view.tracker.cycle_ends) == len(learn.snapshots) == 4
+    acc = f"{best.metrics['accuracy']:.4f}"
+    if best is last:
+        assert line.endswith(f"; best accuracy {acc}: the last cycle's end")
+    else:
+        stage, cycle = best.fit + 1, 2 * best.fit + best.cycle + 1  # run-wide, from 1
+        assert line.endswith(
+            f"; best accuracy {acc} at stage {stage}, cycle {cycle} (last "
+            f"{last.metrics['accuracy']:.4f}): learn.load_snapshot(fit={best.fit}, "
+            f"cycle={best.cycle})"
+        )
+
+
+def test_the_best_line_is_left_out_with_a_single_cycle_end(learn):
+    view = TextProgress([learn.plan(0.05, 1)], stream=io.StringIO(), live=False)
+    learn.fit_cycles(0.05, 1, listeners=[view])
+    assert "best" not in view.finish()
+
+
+def test_best_text_when_the_last_cycle_end_is_the_best():
+    from nbtrain.views.format import best_text
+
+    row = {"stage": 2, "cycle": 3, "fit": 1, "fit_cycle": 0, "accuracy": 0.99}
+    assert best_text(row, row, metric="accuracy", stages=True) == (
+        "best accuracy 0.9900: the last cycle's end"
+    )
+    first = {**row, "stage": 1, "cycle": 1, "fit": 0, "accuracy": 0.995}
+    assert best_text(first, row, metric="accuracy", stages=False) == (
+        "best accuracy 0.9950 at cycle 1 (last 0.9900): learn.load_snapshot(fit=0, cycle=0)"
+    )

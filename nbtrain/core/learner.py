@@ -23,7 +23,7 @@ from nbtrain.core.loop import fit
 from nbtrain.core.lr_range import LRRangeResult, run_lr_range
 from nbtrain.core.schedules import SGDRSchedule, resolve_lrs
 from nbtrain.core.snapshot import clone_state_dict
-from nbtrain.core.state import EpochRecord, Snapshot, TrainState
+from nbtrain.core.state import EpochRecord, Snapshot, TrainState, best_snapshot
 from nbtrain.core.stepper import (
     Metric,
     Stepper,
@@ -413,10 +413,11 @@ class Learner:
                 stacklevel=3,  # the caller of fit_cycles, past @on_main_arena
             )
         model, train, valid = self._training_inputs()
-        state = TrainState(schedule=schedule)
+        state = TrainState(schedule=schedule, fit=len(self.fits))
         self.fits.append(state)
 
         def keep(snapshot: Snapshot) -> None:
+            snapshot.fit = state.fit
             if model is not self.model:  # a head on cached activations: keep the whole model
                 snapshot.state_dict = clone_state_dict(self.model, device="cpu")
             self.snapshots.append(snapshot)
@@ -635,21 +636,69 @@ class Learner:
             self.opt.load_state_dict(payload["optimizer"])
         return path
 
-    def load_snapshot(self, index: int = -1) -> Snapshot:
-        """Put the weights of an SGDR snapshot (``learn.snapshots[index]``) back."""
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise ValueError(f"a snapshot index is a whole number, got {index!r}")
+    def best_snapshot(self, metric: str | None = None) -> Snapshot | None:
+        """The SGDR snapshot with the best validation figure over every fit so far:
+        ``metric`` (default: the first metric, e.g. accuracy; higher is better), the
+        lower validation loss among equals; None before the first cycle ends."""
+        return best_snapshot(self.snapshots, metric)
+
+    def load_snapshot(
+        self, index: int | str = -1, *, fit: int | None = None, cycle: int | None = None
+    ) -> Snapshot:
+        """Put the weights of an SGDR snapshot back, and return it.
+
+        ``load_snapshot()`` takes the last, ``load_snapshot(i)`` ``learn.snapshots[i]``,
+        ``load_snapshot("best")`` :meth:`best_snapshot`'s, and
+        ``load_snapshot(fit=f, cycle=c)`` the end of cycle ``c`` of fit ``f`` (indexes
+        into ``learn.fits`` and its cycles, from 0, or negative from the end; a stage
+        of a ``%%fit_cycles`` cell is one fit).
+        """
         if not self.snapshots:
             raise ValueError("no snapshots yet; they are taken at the end of each cycle")
-        count = len(self.snapshots)
-        if not -count <= index < count:
+        if fit is not None or cycle is not None:
+            if index != -1:
+                raise ValueError("give a snapshot index or fit= and cycle=, not both")
+            snap = self._snapshot_of(fit, cycle)
+        elif index == "best":
+            snap = self.best_snapshot()
+            if snap is None:
+                raise ValueError("no snapshot has a finite validation figure to rank by")
+        elif isinstance(index, bool) or not isinstance(index, int):
             raise ValueError(
-                f"no snapshot {index}; there are {count} (0..{count - 1}, or -1..-{count} "
-                "from the end)"
+                f"a snapshot index is a whole number, got {index!r} (or 'best', or fit= "
+                "and cycle=)"
             )
-        snap = self.snapshots[index]
+        else:
+            count = len(self.snapshots)
+            if not -count <= index < count:
+                raise ValueError(
+                    f"no snapshot {index}; there are {count} (0..{count - 1}, or -1..-{count} "
+                    "from the end)"
+                )
+            snap = self.snapshots[index]
         self.model.load_state_dict(snap.state_dict)
         return snap
+
+    def _snapshot_of(self, fit: int | None, cycle: int | None) -> Snapshot:
+        for name, value in (("fit", fit), ("cycle", cycle)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} is a whole number, got {value!r}")
+        fits = len(self.fits)
+        fit = -1 if fit is None else fit
+        if not -fits <= fit < fits:
+            raise ValueError(f"no fit {fit}; there are {fits} (0..{fits - 1}, or -1..-{fits})")
+        fit %= fits
+        of_fit = [s for s in self.snapshots if s.fit == fit]
+        if not of_fit:
+            raise ValueError(f"fit {fit} ended no cycle, so it left no snapshot")
+        cycle = -1 if cycle is None else cycle
+        count = len(of_fit)
+        if not -count <= cycle < count:
+            raise ValueError(
+                f"fit {fit} has snapshots of {count} "
+                f"{'cycle' if count == 1 else 'cycles'}; no cycle {cycle}"
+            )
+        return of_fit[cycle]
 
 
 def check_state_dict(model: nn.Module, state: dict, *, source: str) -> None:

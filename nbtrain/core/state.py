@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,13 +41,51 @@ class EpochRecord:
 
 @dataclass
 class Snapshot:
-    """An SGDR snapshot: the weights at the end of one cycle, kept on the CPU."""
+    """An SGDR snapshot: the weights at the end of one cycle, kept on the CPU.
+
+    ``cycle`` and ``epoch`` count from 0 within the fit; ``fit`` is the fit's index in
+    ``learn.fits`` (one stage of a ``%%fit_cycles`` cell is one fit), -1 when unknown.
+    """
 
     cycle: int
     epoch: int
     valid_loss: float | None
     metrics: dict[str, float]
     state_dict: dict[str, Any] = field(repr=False)
+    fit: int = -1
+
+    def score(self, metric: str | None = None) -> tuple[float, float] | None:
+        """See :func:`validation_score`."""
+        return validation_score(self.valid_loss, self.metrics, metric)
+
+
+def validation_score(
+    valid_loss: float | None, metrics: dict[str, float], metric: str | None = None
+) -> tuple[float, float] | None:
+    """Sort key of a validation result, higher is better: ``metric`` (default: the
+    first one; higher is better), then the lower loss; the loss alone without metrics.
+    None without a finite figure to rank by."""
+    loss = valid_loss if valid_loss is not None else math.nan
+    name = metric if metric is not None else next(iter(metrics), None)
+    if name is None:
+        return None if math.isnan(loss) else (-loss, 0.0)
+    if name not in metrics:
+        raise ValueError(f"no metric {name!r} in the snapshots; they have {', '.join(metrics)}")
+    value = metrics[name]
+    if math.isnan(value):
+        return None
+    return (value, -loss if not math.isnan(loss) else -math.inf)
+
+
+def best_snapshot(snapshots: Sequence[Snapshot], metric: str | None = None) -> Snapshot | None:
+    """The snapshot with the best validation figure (see :meth:`Snapshot.score`); the
+    earliest among equals. None when no snapshot has one."""
+    best, best_score = None, None
+    for snapshot in snapshots:
+        score = snapshot.score(metric)
+        if score is not None and (best_score is None or score > best_score):
+            best, best_score = snapshot, score
+    return best
 
 
 @dataclass
@@ -54,12 +93,14 @@ class TrainState:
     """What the loop knows at each event; views read it, only the loop writes it.
 
     ``it`` counts finished iterations of this fit (0-based index of the current batch
-    while it runs), ``epoch`` and ``cycle`` are 0-based. ``lrs`` holds the rate of every
+    while it runs), ``epoch`` and ``cycle`` are 0-based; ``fit`` is this fit's index in
+    ``learn.fits`` (-1 outside a Learner). ``lrs`` holds the rate of every
     layer group for the current iteration. ``smooth_loss`` is the debiased exponential
     moving average (beta 0.98) of the training loss.
     """
 
     schedule: SGDRSchedule
+    fit: int = -1
     it: int = 0
     epoch: int = 0
     cycle: int = 0

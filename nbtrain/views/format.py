@@ -151,15 +151,34 @@ def progress_line(
     return " · ".join(parts)
 
 
-def final_line(status: str, message: str, *, epochs: int, seconds: float, skipped: int = 0) -> str:
-    """The last line of a run: how it ended and why."""
+def final_line(
+    status: str, message: str, *, epochs: int, seconds: float, skipped: int = 0, best: str = ""
+) -> str:
+    """The last line of a run: how it ended and why, and ``best`` (see :func:`best_text`)."""
     if status == "done":
         text = f"done: {epochs} {'epoch' if epochs == 1 else 'epochs'} in {fmt_seconds(seconds)}"
     else:
         text = f"{STATUS_WORDS.get(status, status)}: {message}" if message else status
     if skipped:
         text += f"; {skipped} later {'stage' if skipped == 1 else 'stages'} not run"
+    if best:
+        text += f"; {best}"
     return text
+
+
+def best_text(
+    best: dict[str, Any], last: dict[str, Any], *, metric: str | None, stages: bool
+) -> str:
+    """``best accuracy 0.9935 at stage 1, cycle 1 (last 0.9890): learn.load_snapshot(fit=0,
+    cycle=0)`` from two rows of a run's table that ended a cycle (``fit`` and
+    ``fit_cycle`` are the learner's indexes of the snapshot)."""
+    name = metric or "valid_loss"
+    where = f"stage {best['stage']}, cycle {best['cycle']}" if stages else f"cycle {best['cycle']}"
+    value, last_value = fmt_loss(best.get(name)), fmt_loss(last.get(name))
+    if best is last:
+        return f"best {name} {value}: the last cycle's end"
+    back = f"learn.load_snapshot(fit={best['fit']}, cycle={best['fit_cycle']})"
+    return f"best {name} {value} at {where} (last {last_value}): {back}"
 
 
 def describe(value: Any) -> str:

@@ -468,7 +468,12 @@ class ProgressView(W.VBox):
             status, message = "failed", f"{type(error).__name__}: {error}"
         self.status = status
         self.message = final_line(
-            status, message, epochs=tr.epochs_done, seconds=tr.seconds(), skipped=tr.skipped()
+            status,
+            message,
+            epochs=tr.epochs_done,
+            seconds=tr.seconds(),
+            skipped=tr.skipped(),
+            best=tr.best_line(),
         )
         self.status_html.value = f"<b>{escape(self.message)}</b>"
         self.stop_button.layout.display = "none"

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from nbtrain.core.schedules import SGDRSchedule
-from nbtrain.core.state import TrainState
-from nbtrain.views.format import epoch_cells, epoch_columns, plan_summary
+from nbtrain.core.state import TrainState, validation_score
+from nbtrain.views.format import best_text, epoch_cells, epoch_columns, plan_summary
 
 
 class RunTracker:
@@ -37,6 +37,9 @@ class RunTracker:
         self.rows: list[dict[str, Any]] = []
         self.cells: list[list[str]] = []
         self.metric_names: list[str] = []
+        self.cycle_ends: list[dict[str, Any]] = []  # rows that ended a cycle: the snapshots
+        self.best: dict[str, Any] | None = None  # the best of them (see validation_score)
+        self._best_score: tuple[float, float] | None = None
         self._recount()
 
     # ---- offsets (cached: read at every batch) -------------------------------------
@@ -101,7 +104,30 @@ class RunTracker:
         row = {"stage": self.stage + 1, **record.as_dict(), "epoch": epoch, "cycle": cycle}
         self.rows.append(row)
         self.cells.append(cells)
+        if state.epoch in state.schedule.cycle_end_epochs:
+            self._end_cycle(state, row)
         return cells
+
+    def _end_cycle(self, state: TrainState, row: dict[str, Any]) -> None:
+        """A cycle ended, so the learner took a snapshot: is it the best of the run?"""
+        record = state.history[-1]
+        row = {**row, "fit": state.fit, "fit_cycle": state.cycle}
+        self.cycle_ends.append(row)
+        score = validation_score(record.valid_loss, record.metrics)
+        if score is not None and (self._best_score is None or score > self._best_score):
+            self.best, self._best_score = row, score
+
+    def best_line(self) -> str:
+        """Where the run's best cycle end was, beside the last one, and the call that
+        goes back to it; "" with fewer than two cycle ends (nothing to choose)."""
+        if len(self.cycle_ends) < 2 or self.best is None:
+            return ""
+        return best_text(
+            self.best,
+            self.cycle_ends[-1],
+            metric=self.metric_names[0] if self.metric_names else None,
+            stages=self.n_stages > 1,
+        )
 
     def end_stage(self, state: TrainState) -> None:
         self.finished_seconds += state.elapsed

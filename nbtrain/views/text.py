@@ -174,7 +174,12 @@ class TextProgress:
         ):
             status, message = "failed", f"{type(error).__name__}: {error}"
         self.message = final_line(
-            status, message, epochs=tr.epochs_done, seconds=tr.seconds(), skipped=tr.skipped()
+            status,
+            message,
+            epochs=tr.epochs_done,
+            seconds=tr.seconds(),
+            skipped=tr.skipped(),
+            best=tr.best_line(),
         )
         if status == "done" or tr.skipped() or error is not None:
             self.block.add(self.message)

@@ -280,3 +280,39 @@ def test_nothing_trains_is_refused_before_anything_changes(learn):
         learn.load_snapshot(0)
     with pytest.raises(ValueError, match="earlier groups higher rates"):
         learn.resolve_lrs(slice(1e-2, 1e-4))
+
+
+def test_the_best_snapshot_is_one_call_away_by_rank_or_by_fit_and_cycle(learn):
+    learn.fit_cycles(0.3, cycles=2)
+    learn.fit_cycles(0.05, cycles=2, cycle_len=2)
+    assert [(s.fit, s.cycle) for s in learn.snapshots] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # make the second snapshot the best by accuracy, and tie the fourth on it
+    figures = zip(learn.snapshots, (0.5, 0.9, 0.7, 0.9), (0.4, 0.3, 0.2, 0.1), strict=True)
+    for snap, acc, loss in figures:
+        snap.metrics["accuracy"], snap.valid_loss = acc, loss
+    best = learn.best_snapshot()
+    assert (best.fit, best.cycle) == (1, 1)  # equal accuracy: the lower loss wins
+    assert learn.best_snapshot("accuracy") is best
+    final = model_state(learn.model)
+    assert learn.load_snapshot(fit=0, cycle=1) is learn.snapshots[1]
+    assert_same_state(model_state(learn.model), learn.snapshots[1].state_dict)
+    assert learn.load_snapshot("best") is best
+    assert_same_state(model_state(learn.model), final)  # the last cycle's end
+    assert learn.load_snapshot(fit=-2) is learn.snapshots[1]  # that fit's last cycle
+
+
+def test_a_bad_snapshot_choice_is_one_line_and_loads_nothing(learn):
+    learn.fit_cycles(0.3, cycles=2)
+    before = model_state(learn.model)
+    for kwargs, message in [
+        ({"fit": 1}, r"no fit 1; there are 1 \(0..0, or -1..-1\)"),
+        ({"fit": 0, "cycle": 2}, r"fit 0 has snapshots of 2 cycles; no cycle 2"),
+        ({"fit": 0.5}, r"fit is a whole number, got 0.5"),
+        ({"index": 0, "fit": 0}, r"give a snapshot index or fit= and cycle=, not both"),
+        ({"index": "worst"}, r"a snapshot index is a whole number, got 'worst' \(or 'best'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            learn.load_snapshot(**kwargs)
+    with pytest.raises(ValueError, match=r"no metric 'f1' in the snapshots; they have accuracy"):
+        learn.best_snapshot("f1")
+    assert_same_state(model_state(learn.model), before)
