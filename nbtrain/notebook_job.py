@@ -54,6 +54,26 @@ SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 REPORTED = ("Timeout waiting for execute reply", "Interrupting kernel", "Kernel died")
 
 
+def kernel_cpu_times(km: Any) -> tuple[float, float] | None:
+    """User and system CPU seconds of the kernel process and its children (loader
+    workers, live and reaped), or None when they cannot be read. A high system share
+    means page faults: the allocator's work undone (see nbtrain/core/cpu.py)."""
+    try:
+        import psutil
+
+        process = psutil.Process(km.provisioner.pid)
+        times = process.cpu_times()
+        user = times.user + times.children_user
+        system = times.system + times.children_system
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child_times = child.cpu_times()
+                user, system = user + child_times.user, system + child_times.system
+        return user, system
+    except Exception:  # an old jupyter_client, no psutil, the kernel gone: say nothing
+        return None
+
+
 def save_learners(namespace: dict[str, Any], folder: str | os.PathLike) -> dict[str, str]:
     """Save every nbtrain Learner in ``namespace`` as ``folder/NAME.pth``.
 
@@ -173,6 +193,7 @@ class NotebookJob:
         self.nb = nbformat.read(notebook, as_version=4)
         self.outcome = Outcome()
         self.stdout_lines: list[str] = []  # everything the notebook's cells printed
+        self.kernel_cpu: tuple[float, float] | None = None  # (user, system) s, at the end
         self._partial = ""
         self._log_offset = 0
         self._running = False  # a notebook cell (not a save) is executing
@@ -289,6 +310,7 @@ class NotebookJob:
                     await self._run_cells()
                     if self.outcome.status not in ("dead", "aborted"):
                         await self._save(self._save_reason())
+                    self.kernel_cpu = kernel_cpu_times(client.km)
                 finally:
                     tail.cancel()
                     if self._kill is not None:
@@ -413,6 +435,13 @@ class NotebookJob:
         )
         lines.append(f"{where}: {_shown(self.out)}")
         lines.append(self._weights_line())
+        if self.kernel_cpu is not None:  # first: the last lines are the results
+            user, system = self.kernel_cpu
+            lines.insert(
+                0,
+                f"kernel process CPU time {_clock(user + system)}, "
+                f"{system / max(user + system, 1e-9):.1%} of it in the OS kernel",
+            )
         return lines
 
     def _ending(self) -> str:

@@ -10,6 +10,7 @@ so a timeout or a Ctrl-C lands in the middle of a fit.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -154,6 +155,9 @@ def test_normal_run_saves_the_weights_and_ends_with_the_results(job, tmp_path):
     assert rc == 0, text
     lines = text.strip().splitlines()
     assert lines[-5].startswith("done: 5 cells in ")
+    assert re.fullmatch(
+        r"kernel process CPU time \d+:\d\d, \d+\.\d% of it in the OS kernel", lines[-6]
+    ), lines[-6]
     assert lines[-4:] == [
         "final accuracy: 75.0%",
         "best accuracy: 75.0% (stage 1, cycle 2)",
