@@ -10,18 +10,18 @@ one), the variants alternate, and each reports the median of several steps:
     python bench/cpu_tuning.py [--rounds 2] [--steps 4]
 
 Prints one line per variant and round, then the medians and the speed-ups against
-glibc's default allocator.
+glibc's default allocator. Every time has its kernel-time share beside it (system over user +
+system CPU time, measured in the child around each step; the median of the steps' shares).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
-import time
+
+from cputime import Timing, fmt, from_json, median, timed, to_json
 
 VARIANTS = {
     "glibc default": {"NBTRAIN_KEEP_MALLOC": "1"},
@@ -49,11 +49,10 @@ def child(steps: int) -> None:
         ctx = torch.no_grad if mode == "no_grad" else torch.inference_mode
         times = []
         for _ in range(steps + 1):
-            t0 = time.perf_counter()
-            with ctx():
+            with timed() as t, ctx():
                 model(x)
-            times.append(time.perf_counter() - t0)
-        out[f"frozen 224px fwd ({mode})"] = statistics.median(times[1:])
+            times.append(t)
+        out[f"frozen 224px fwd ({mode})"] = median(times[1:])
 
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -61,14 +60,14 @@ def child(steps: int) -> None:
     y = torch.randint(0, 2, (32,))
     times = []
     for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    out["train step 128px"] = statistics.median(times[1:])
-    print("RESULT " + json.dumps(out))
+        with timed() as t:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        times.append(t)
+    out["train step 128px"] = median(times[1:])
+    print("RESULT " + to_json(out))
 
 
 def main() -> None:
@@ -80,7 +79,7 @@ def main() -> None:
     if args.child:
         child(args.steps)
         return
-    results: dict[str, dict[str, list[float]]] = {v: {} for v in VARIANTS}
+    results: dict[str, dict[str, list[Timing]]] = {v: {} for v in VARIANTS}
     for r in range(args.rounds):
         names = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
         for name in names:
@@ -95,18 +94,22 @@ def main() -> None:
                 check=True,
             )
             line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-            figures = json.loads(line[7:])
+            figures = from_json(line[7:])
             for k, v in figures.items():
                 results[name].setdefault(k, []).append(v)
             print(
-                f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.3f} s" for k, v in figures.items()),
+                f"round {r + 1} {name}: "
+                + ", ".join(f"{k} {fmt(v, '.3f')}" for k, v in figures.items()),
                 flush=True,
             )
-    base = {k: statistics.median(v) for k, v in results["glibc default"].items()}
+    base = {k: median(v) for k, v in results["glibc default"].items()}
     for name, figures in results.items():
-        med = {k: statistics.median(v) for k, v in figures.items()}
+        med = {k: median(v) for k, v in figures.items()}
         print(
-            f"{name:28s} " + "; ".join(f"{k} {med[k]:.3f} s ({base[k] / med[k]:.2f}x)" for k in med)
+            f"{name:28s} "
+            + "; ".join(
+                f"{k} {fmt(med[k], '.3f')} ({base[k].wall / med[k].wall:.2f}x)" for k in med
+            )
         )
 
 

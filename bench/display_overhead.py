@@ -16,6 +16,7 @@ Two measures:
 
     python bench/display_overhead.py [--batches 4000] [--epochs 3] [--repeats 3]
 
+Every time is printed with its kernel-time share (system over user + system CPU time).
 The last line is the display overhead in % of the fit's time; the target is <= 1%.
 """
 
@@ -36,6 +37,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from nbtrain.core import DataLoaders, Learner
 from nbtrain.views.progress import ProgressView
 from nbtrain.views.text import TextProgress
+
+from cputime import Timing, fmt, timed
 
 
 class SerializingComm(comm.base_comm.BaseComm):
@@ -67,16 +70,19 @@ def make_learner(args) -> Learner:
     return Learner(model, DataLoaders(train, valid), device="cpu")
 
 
-def timed_fit(learn: Learner, args, view) -> tuple[float, float]:
-    """Wall and CPU seconds of one fit (CPU time: steadier on a shared machine)."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    learn.fit_cycles(0.05, 1, args.epochs, listeners=[view] if view is not None else [])
-    return time.perf_counter() - wall, time.process_time() - cpu
+def timed_fit(learn: Learner, args, view) -> tuple[float, float, float]:
+    """Wall and CPU seconds of one fit (CPU time: steadier on a shared machine), and its
+    kernel-time share."""
+    cpu = time.process_time()
+    with timed() as t:
+        learn.fit_cycles(0.05, 1, args.epochs, listeners=[view] if view is not None else [])
+    return t.wall, time.process_time() - cpu, t.kernel_share
 
 
-def per_batch_cost(plan) -> float:
+def per_batch_cost(plan) -> Timing:
     """CPU seconds of one ``on_batch_end`` call that updates nothing (the throttled
-    path): the part of the view's cost its own accounting does not see."""
+    path): the part of the view's cost its own accounting does not see; and the kernel's
+    share of them."""
     from nbtrain.core.state import TrainState
 
     view = ProgressView([plan], label_interval=math.inf)
@@ -84,10 +90,11 @@ def per_batch_cost(plan) -> float:
     view.on_fit_start(state)
     n = 200_000
     start = time.process_time()
-    for it in range(n):
-        state.it = it
-        view.on_batch_end(state)
-    return (time.process_time() - start) / n
+    with timed() as t:
+        for it in range(n):
+            state.it = it
+            view.on_batch_end(state)
+    return Timing((time.process_time() - start) / n, t.kernel_share)
 
 
 def main() -> None:
@@ -120,35 +127,41 @@ def main() -> None:
                 shares.append(view.display_seconds / widget[-1][1])  # CPU / CPU
                 redraws.append(view.redraws - 1)  # minus the one before training
                 messages.append(SerializingComm.messages - before)
-                start = time.perf_counter()
-                view.finish()  # the final plot and status line, after training
-                finish.append(time.perf_counter() - start)
+                with timed() as t:
+                    view.finish()  # the final plot and status line, after training
+                finish.append((t.wall, t.kernel_share))
 
     def median(runs, i):
         return statistics.median(run[i] for run in runs)
 
-    epoch = median(plain, 0) / args.epochs
+    def timing(runs, i) -> Timing:
+        """The median time ``i`` of ``runs`` beside their median kernel-time share."""
+        return Timing(median(runs, i), median(runs, -1))
+
+    epoch = timing(plain, 0)
+    epoch.wall /= args.epochs
+    batch = Timing(epoch.wall / args.batches, epoch.kernel_share)
     print(
         f"fit: {args.epochs} epochs x {args.batches} batches of {args.bs}, "
-        f"{epoch:.2f} s per epoch, {epoch / args.batches * 1e3:.2f} ms per batch"
+        f"{fmt(epoch)} per epoch, {fmt(batch, unit='ms')} per batch"
     )
     for i, what in ((0, "wall"), (1, "CPU")):
         base = median(plain, i)
         print(
-            f"median {what} time: no view {base:.2f} s, widget view {median(widget, i):.2f} s "
-            f"({(median(widget, i) / base - 1) * 100:+.2f}%), text view {median(text, i):.2f} s "
-            f"({(median(text, i) / base - 1) * 100:+.2f}%)"
+            f"median {what} time: no view {fmt(timing(plain, i))}, widget view "
+            f"{fmt(timing(widget, i))} ({(median(widget, i) / base - 1) * 100:+.2f}%), text view "
+            f"{fmt(timing(text, i))} ({(median(text, i) / base - 1) * 100:+.2f}%)"
         )
     print(
         f"widget view per fit: {statistics.median(redraws):.0f} plot redraws during training, "
         f"{statistics.median(messages):.0f} comm messages; after the fit, finish() "
-        f"{statistics.median(finish) * 1e3:.0f} ms (final plot)"
+        f"{fmt(timing(finish, 0), '.0f', 'ms')} (final plot)"
     )
     batch_cost = per_batch_cost(plan)
-    batch_share = batch_cost * args.batches * args.epochs / median(widget, 1)
+    batch_share = batch_cost.wall * args.batches * args.epochs / median(widget, 1)
     print(
         f"inside the view: {max(shares) * 100:.2f}% of the fit's CPU time (worst of "
-        f"{len(shares)} fits); every batch's call {batch_cost * 1e6:.2f} us: "
+        f"{len(shares)} fits); every batch's call {fmt(batch_cost, '.2f', 'us')}: "
         f"{batch_share * 100:.2f}%"
     )
     print(

@@ -9,7 +9,8 @@ features of ``--eval-size`` images (a larger size at test time; the head does no
     python bench/head_init.py [--data PATH] [--seeds 3] [--epochs 3] [--lrs 3e-3,1e-2,3e-2]
 
 The seed moves the random head's initial weights, dropout and the batch order; the
-pretrained rows are the same on every seed.
+pretrained rows are the same on every seed. The bench's wall time is printed with its
+kernel-time share (system over user + system CPU time, loader workers included).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 import warnings
 from pathlib import Path
 
 from nbtrain import Learner
 from nbtrain.vision import ImageData
+
+from cputime import fmt, timed
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 
@@ -38,8 +40,13 @@ def main() -> None:
     ap.add_argument("--lrs", default="3e-3,1e-2,3e-2")
     args = ap.parse_args()
     warnings.simplefilter("ignore")  # hymenoptera's GIF
+    with timed() as total:
+        run(args)
+    print(f"bench wall time {fmt(total, '.0f')}")
+
+
+def run(args) -> None:
     lrs = [float(x) for x in args.lrs.split(",")]
-    t_start = time.perf_counter()
     data = ImageData.from_folder(args.data, size=args.size, bs=args.bs)
     print(
         f"data: {args.data}: {len(data.train_items)} train / {len(data.valid_items)} valid, "
@@ -70,7 +77,6 @@ def main() -> None:
     print(f"summary (accuracy after training at {args.size} px, min / median over seeds):")
     for (head_init, lr), accs in summary.items():
         print(f"  {head_init:10s} lr {lr:.0e}: {min(accs):.4f} / {statistics.median(accs):.4f}")
-    print(f"bench wall time {time.perf_counter() - t_start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Also times lr_find against the same number of plain training steps.
 
     python bench/loop_overhead.py [--size 128] [--bs 32] [--batches 8] [--repeats 5]
 
+Every time is printed with its kernel-time share (system over user + system CPU time).
 The last line is the per-epoch ratio (nbtrain / hand-written); the target is <= 1.02.
 """
 
@@ -15,8 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import statistics
-import time
 
 import timm
 import torch
@@ -25,6 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from nbtrain import Learner
 from nbtrain.core.cpu import tune_cpu
+
+from cputime import fmt, median, timed
 
 
 def hand_written_epoch(model, loader, opt, lr_max, loss_fn):
@@ -84,40 +85,41 @@ def main() -> None:
     for r in range(args.repeats):
         order = ("ours", "hand") if r % 2 == 0 else ("hand", "ours")
         for which in order:
-            t0 = time.perf_counter()
-            if which == "ours":
-                learn.fit_cycles(0.01)
-                ours.append(time.perf_counter() - t0)
-            else:
-                hand_written_epoch(hand_model, loader, hand_opt, 0.01, loss_fn)
-                hand.append(time.perf_counter() - t0)
-        print(f"repeat {r + 1}: nbtrain {ours[-1]:.2f} s, hand-written {hand[-1]:.2f} s")
+            with timed() as t:
+                if which == "ours":
+                    learn.fit_cycles(0.01)
+                else:
+                    hand_written_epoch(hand_model, loader, hand_opt, 0.01, loss_fn)
+            (ours if which == "ours" else hand).append(t)
+        print(f"repeat {r + 1}: nbtrain {fmt(ours[-1])}, hand-written {fmt(hand[-1])}")
 
     steps = args.lr_find_iters
-    t0 = time.perf_counter()
-    learn.lr_find(iters=steps, end=1.0)
-    find_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    hand_model.train()
-    done = 0
-    while done < steps:
-        for xb, yb in loader:
-            loss = loss_fn(hand_model(xb), yb)
-            loss.item()
-            loss.backward()
-            hand_opt.step()
-            hand_opt.zero_grad(set_to_none=True)
-            done += 1
-            if done == steps:
-                break
-    plain_s = time.perf_counter() - t0
+    with timed() as find:
+        learn.lr_find(iters=steps, end=1.0)
+    with timed() as plain:
+        hand_model.train()
+        done = 0
+        while done < steps:
+            for xb, yb in loader:
+                loss = loss_fn(hand_model(xb), yb)
+                loss.item()
+                loss.backward()
+                hand_opt.step()
+                hand_opt.zero_grad(set_to_none=True)
+                done += 1
+                if done == steps:
+                    break
     print(
-        f"lr_find, {steps} iterations: {find_s:.2f} s; {steps} plain steps: {plain_s:.2f} s; "
-        f"ratio {find_s / plain_s:.3f} (target <= 1.10)"
+        f"lr_find, {steps} iterations: {fmt(find)}; {steps} plain steps: {fmt(plain)}; "
+        f"ratio {find.wall / plain.wall:.3f} (target <= 1.10)"
     )
-    m_ours, m_hand = statistics.median(ours), statistics.median(hand)
-    print(f"median s/epoch: nbtrain {m_ours:.3f}, hand-written {m_hand:.3f}")
-    print(f"epoch time ratio nbtrain/hand-written: {m_ours / m_hand:.3f} (target <= 1.02)")
+    m_ours, m_hand = median(ours), median(hand)
+    print(
+        f"median s/epoch: nbtrain {fmt(m_ours, '.3f', '')}, hand-written {fmt(m_hand, '.3f', '')}"
+    )
+    print(
+        f"epoch time ratio nbtrain/hand-written: {m_ours.wall / m_hand.wall:.3f} (target <= 1.02)"
+    )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ validation pass; each path in turn, every round, in rotating order:
 
 Each path has its own model (same initial weights) and its own loaders. Every time is
 printed with the share of CPU time spent in the kernel (system time over user + system,
-from ``resource.getrusage`` and, for loader workers that are still alive, psutil), so that
-an allocator regression shows at once.
+from ``resource.getrusage`` and, for loader workers that are still alive, psutil: see
+``cputime.py``), so that an allocator regression shows at once.
 
     python bench/notebook_path.py [--data FOLDER] [--rounds 3] [--before] [--size 224]
 
@@ -30,50 +30,19 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import sys
 import threading
-import time
 from pathlib import Path
 
-import psutil
 import torch
 from torch import nn
+
+from cputime import measure
 
 REPO = Path(__file__).resolve().parent.parent
 HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera"
 LR = 0.01
-
-
-def cpu_times() -> tuple[float, float]:
-    """User and system seconds of this process, its reaped children and its live ones
-    (loader workers), leaving out the kernels and their workers: they report their own."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-    user, system = own.ru_utime + reaped.ru_utime, own.ru_stime + reaped.ru_stime
-    kernels = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.pid in kernels or child.ppid() in kernels or any(
-                "ipykernel" in part for part in child.cmdline()
-            ):
-                kernels.add(child.pid)
-                continue
-            times = child.cpu_times()
-        except psutil.Error:  # it ended meanwhile
-            continue
-        user, system = user + times.user, system + times.system
-    return user, system
-
-
-def measure(fn) -> dict[str, float]:
-    (u0, s0), t0 = cpu_times(), time.perf_counter()
-    fn()
-    wall = time.perf_counter() - t0
-    u1, s1 = cpu_times()
-    user, system = u1 - u0, s1 - s0
-    return {"wall": wall, "kernel_share": system / max(user + system, 1e-9)}
 
 
 # ------------------------------------------------------------------- in this process
@@ -239,23 +208,34 @@ def kernel_path(folder: Path, size: int, bs: int, *, in_place: bool = False):
 # ------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("NBTRAIN_DATA", HYMENOPTERA)),
-                    help="image folder with train/ and val/ or valid/ (default: hymenoptera)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("NBTRAIN_DATA", HYMENOPTERA)),
+        help="image folder with train/ and val/ or valid/ (default: hymenoptera)",
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--bs", type=int, default=32)
-    ap.add_argument("--before", action="store_true",
-                    help="also the thread paths with NBTRAIN_TRAIN_IN_PLACE=1 (as before the fix)")
+    ap.add_argument(
+        "--before",
+        action="store_true",
+        help="also the thread paths with NBTRAIN_TRAIN_IN_PLACE=1 (as before the fix)",
+    )
     args = ap.parse_args()
     if not args.data.is_dir():
         sys.exit(f"no image folder at {args.data}; give one with --data")
     from nbtrain.core.cpu import tune_cpu
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
-          f"torch threads, torch {torch.__version__}; allocator: {tune_cpu()['malloc']}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
+        f"torch threads, torch {torch.__version__}; allocator: {tune_cpu()['malloc']}"
+    )
     data = make_data(args.data, args.size, args.bs)
-    print(f"data: {args.data}, {len(data.train_ds)} training and {len(data.valid_ds)} "
-          f"validation images, {args.size} px, batch {args.bs}; one epoch per path and round")
+    print(
+        f"data: {args.data}, {len(data.train_ds)} training and {len(data.valid_ds)} "
+        f"validation images, {args.size} px, batch {args.bs}; one epoch per path and round"
+    )
 
     paths: dict[str, object] = {
         "hand-written": hand_written(args.data, args.size, args.bs),
@@ -276,12 +256,15 @@ def main() -> None:
         for name in names:  # warm-up: loader workers, oneDNN kernels, the heap
             (kernels[name].epoch if name in kernels else paths[name])()
         for r in range(args.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 result = kernels[name].epoch() if name in kernels else measure(paths[name])
                 results[name].append(result)
-                print(f"round {r + 1}  {name:40s} {result['wall']:7.2f} s   "
-                      f"kernel time {result['kernel_share']:6.1%}", flush=True)
+                print(
+                    f"round {r + 1}  {name:40s} {result['wall']:7.2f} s   "
+                    f"kernel time {result['kernel_share']:6.1%}",
+                    flush=True,
+                )
     finally:
         for kernel in kernels.values():
             kernel.close()

@@ -13,6 +13,8 @@ On an image folder (default ../shared/data/hymenoptera, or NBTRAIN_DATA / --data
 
     python bench/precompute.py [--data PATH] [--size 224] [--bs 64] [--epochs 2]
 
+Every time is printed with its kernel-time share (system over user + system CPU time, loader
+workers included); for an epoch, the share of the ``fit_cycles`` call around it.
 Targets: cached head epoch >= 300x faster than the frozen epoch over images; building
 the cache costs no more than one frozen epoch; the second run does no body pass.
 """
@@ -21,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -32,6 +32,8 @@ import torch
 from nbtrain import Learner
 from nbtrain.core.features import FeatureCache
 from nbtrain.vision import ImageData
+
+from cputime import Timing, fmt, median, timed
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 
@@ -59,51 +61,56 @@ def main() -> None:
         f"batch {args.bs}, {torch.get_num_threads()} threads, device {learn.device}"
     )
 
-    frozen = []
-    for _ in range(args.epochs):
-        state = learn.fit_cycles(1e-3)
-        frozen.append(state.history[-1].seconds)
-    frozen_s = min(frozen)
+    def epoch(lr: float) -> Timing:
+        """The epoch's own seconds, beside the share of the whole call."""
+        with timed() as t:
+            state = learn.fit_cycles(lr)
+        return Timing(state.history[-1].seconds, t.kernel_share)
+
+    frozen = [epoch(1e-3) for _ in range(args.epochs)]
+    best = min(frozen, key=lambda t: t.wall)
+    frozen_s = best.wall
     print(
-        f"frozen-body epoch over images (train + valid): {', '.join(f'{s:.2f}' for s in frozen)}"
-        f" s -> {frozen_s:.2f} s"
+        f"frozen-body epoch over images (train + valid): {', '.join(fmt(t) for t in frozen)}"
+        f" -> {fmt(best)}"
     )
 
     learn.precompute = True
     builds = []
     for _ in range(2):
         learn.feature_cache.clear(disk=True)
-        t0 = time.perf_counter()
-        feats = learn.features()
-        builds.append(time.perf_counter() - t0)
+        with timed() as t:
+            feats = learn.features()
+        builds.append(t)
         assert feats.source == "computed"
-    cold_s, warm_s = builds
+    cold, warm = builds
+    cold_s, warm_s = cold.wall, warm.wall
     print(
         f"cache build ({feats.train_x.shape[0]} + {feats.valid_x.shape[0]} images, "
-        f"{feats.nbytes / 1e6:.1f} MB): cold {cold_s:.2f} s = {cold_s / frozen[0]:.2f} of the "
-        f"first frozen epoch; warm {warm_s:.2f} s = {warm_s / frozen_s:.2f} of a warm one"
+        f"{feats.nbytes / 1e6:.1f} MB): cold {fmt(cold)} = {cold_s / frozen[0].wall:.2f} of the "
+        f"first frozen epoch; warm {fmt(warm)} = {warm_s / frozen_s:.2f} of a warm one"
     )
 
     learn.fit_cycles(1e-2)  # warm-up
-    cached = [learn.fit_cycles(1e-2).history[-1].seconds for _ in range(20)]
-    cached_s = statistics.median(cached)
-    print(f"head-only epoch on the cache (train + valid): {cached_s * 1e3:.2f} ms (median of 20)")
+    cached = median(epoch(1e-2) for _ in range(20))
+    cached_s = cached.wall
+    print(f"head-only epoch on the cache (train + valid): {fmt(cached, unit='ms')} (median of 20)")
     print(f"accuracy after {1 + 1 + 20} cached head epochs: {learn.evaluate()['accuracy']:.4f}")
 
     fresh = learner()
     fresh.precompute = True
     calls = []
     hook = fresh.model.body.register_forward_hook(lambda *a: calls.append(1))
-    t0 = time.perf_counter()
-    again = fresh.features()
+    with timed() as t:
+        again = fresh.features()
     hook.remove()
     print(
-        f"second learner: features from {again.source} in {time.perf_counter() - t0:.3f} s, "
+        f"second learner: features from {again.source} in {fmt(t, '.3f')}, "
         f"{len(calls)} body forward passes"
     )
     print(
         f"cached head epoch is {frozen_s / cached_s:.0f}x faster than a frozen epoch over "
-        f"images (target >= 300x); cache build = {cold_s / frozen[0]:.2f} frozen epochs cold, "
+        f"images (target >= 300x); cache build = {cold_s / frozen[0].wall:.2f} frozen epochs cold, "
         f"{warm_s / frozen_s:.2f} warm (target <= 1)"
     )
 

@@ -31,13 +31,15 @@ fastai with workers: fastai forks new workers every epoch, each fork makes the k
 copy-on-write, and the epoch (and whoever runs next) spends seconds in page faults. Hence
 fastai as it comes runs in its own process, and section 1 has fastai with ``num_workers=0``.
 The tables are printed and written between markers into ``--write`` (the rest of that file is
-kept). Targets: nbtrain's epoch time <= fastai's, accuracy >= fastai's, checklist wall time
-<= 0.5x fastai's for the same or better accuracy. The last lines printed are the summary.
+kept). Every time, printed or in the tables, has its kernel-time share beside it (system over
+user + system CPU time, DataLoader workers included, measured in the process that ran it), so
+that page faults show at once. Targets: nbtrain's epoch time <= fastai's, accuracy >= fastai's,
+checklist wall time <= 0.5x fastai's for the same or better accuracy. The last lines printed
+are the summary.
 """
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -45,7 +47,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ from nbtrain.core.lr_range import suggest_valley
 from nbtrain.vision import ImageData
 from nbtrain.vision.learner import ImageClassifier
 from nbtrain.vision.models import OFFLINE_ARCH, body_groups, create_body
+
+from cputime import Clock, Timing, fmt, from_json, median, timed, to_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hymenoptera"
@@ -257,56 +260,50 @@ def fastai_epoch(learn, lr: float) -> float:
 
 
 # ------------------------------------------------------------------- measuring
-Stages = list[tuple[str, float, float]]  # (stage, validation accuracy, seconds since start)
-Times = dict[str, list[float]]  # contender: seconds of each timed round
+Stages = list[tuple[str, float, Timing]]  # (stage, validation accuracy, time since start)
+Times = dict[str, list[Timing]]  # contender: time of each timed round
 
 
 @dataclass
 class Contender:
     name: str
     epoch: Callable[[], Any]
-    times: list[float] = field(default_factory=list)
-
-
-def median(times: list[float]) -> float:
-    return statistics.median(times)
+    times: list[Timing] = field(default_factory=list)
 
 
 def paired(times: Times, name: str, ref: str) -> float:
     """Median over rounds of ``name``'s time / ``ref``'s time in the same round: robust to
     the machine drifting between rounds."""
-    return statistics.median(a / b for a, b in zip(times[name], times[ref], strict=True))
+    pairs = zip(times[name], times[ref], strict=True)
+    return statistics.median(a.wall / b.wall for a, b in pairs)
 
 
 def race(title: str, contenders: list[Contender], repeats: int, warmup: int) -> Times:
     """Rounds of one epoch per contender, the order rotating; warm-up rounds untimed.
-    Returns each contender's seconds, round by round."""
+    Returns each contender's times, round by round."""
     for r in range(warmup + repeats):
         shift = r % len(contenders)
         line = []
         for c in contenders[shift:] + contenders[:shift]:
-            t0 = time.perf_counter()
-            c.epoch()
-            seconds = time.perf_counter() - t0
+            with timed() as t:
+                c.epoch()
             if r >= warmup:
-                c.times.append(seconds)
-            line.append(f"{c.name} {seconds:.2f}")
+                c.times.append(t)
+            line.append(f"{c.name} {fmt(t)}")
         tag = "warm-up" if r < warmup else f"round {r - warmup + 1}"
-        print(f"  {title} {tag}: " + ", ".join(line) + " s", flush=True)
+        print(f"  {title} {tag}: " + ", ".join(line), flush=True)
     return {c.name: c.times for c in contenders}
 
 
-def fastai_lr_find(learn, iters: int) -> tuple[float, dict[str, float], float | None]:
-    """fastai's lr_find with all four of its rules; (seconds, rates, nbtrain's valley rule
+def fastai_lr_find(learn, iters: int) -> tuple[Timing, dict[str, float], float | None]:
+    """fastai's lr_find with all four of its rules; (time, rates, nbtrain's valley rule
     on fastai's curve)."""
     from fastai.vision.all import minimum, slide, steep, valley
 
-    t0 = time.perf_counter()
-    with fastai_quiet(learn):
+    with timed() as seconds, fastai_quiet(learn):
         found = learn.lr_find(
             num_it=iters, show_plot=False, suggest_funcs=(valley, steep, minimum, slide)
         )
-    seconds = time.perf_counter() - t0
     curve = [float(v) for v in learn.recorder.lrs], [float(v) for v in learn.recorder.losses]
     return seconds, {k: float(getattr(found, k)) for k in RULES}, suggest_valley(*curve)
 
@@ -357,7 +354,7 @@ def part_own(args, tmp: Path) -> dict[str, Any]:
         fa = fastai_learner(dls, len(data.classes), args.seed, tmp, AS_IT_COMES)
         seconds, rates, _ = fastai_lr_find(fa, args.lr_find_iters)
         out["lr_find"] = (seconds, rates)
-        print(f"  fastai lr_find: {seconds:.1f} s; {fmt_rates(rates)}", flush=True)
+        print(f"  fastai lr_find: {fmt(seconds, '.1f')}; {fmt_rates(rates)}", flush=True)
     return out
 
 
@@ -370,44 +367,44 @@ def part_lr_find(args, tmp: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     nb = Learner.pretrained(data, precompute=True, head_init="random")  # fastai's start
     nb.feature_cache = FeatureCache(tmp / "cache-lr-find")  # empty: built and timed
-    t0 = time.perf_counter()
-    nb.features()
-    out["cache build"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    found = nb.lr_find(iters=args.lr_find_iters, seed=args.seed)
-    out["nbtrain cached"] = (time.perf_counter() - t0, found.suggestions)
+    with timed() as t:
+        nb.features()
+    out["cache build"] = t
+    with timed() as t:
+        found = nb.lr_find(iters=args.lr_find_iters, seed=args.seed)
+    out["nbtrain cached"] = (t, found.suggestions)
     print(
-        f"  nbtrain, cached: {out['nbtrain cached'][0]:.2f} s (+ cache build "
-        f"{out['cache build']:.1f} s); {fmt_rates(found.suggestions)}",
+        f"  nbtrain, cached: {fmt(t)} (+ cache build "
+        f"{fmt(out['cache build'], '.1f')}); {fmt_rates(found.suggestions)}",
         flush=True,
     )
     nb.precompute = False
-    t0 = time.perf_counter()
-    found = nb.lr_find(iters=args.lr_find_iters, seed=args.seed)
-    out["nbtrain"] = (time.perf_counter() - t0, found.suggestions)
+    with timed() as t:
+        found = nb.lr_find(iters=args.lr_find_iters, seed=args.seed)
+    out["nbtrain"] = (t, found.suggestions)
     out["fastai rule on nbtrain"] = suggest_valley(found.lrs, found.losses, clear_drop=0.0)
-    print(f"  nbtrain, images: {out['nbtrain'][0]:.1f} s; {fmt_rates(found.suggestions)}")
+    print(f"  nbtrain, images: {fmt(t, '.1f')}; {fmt_rates(found.suggestions)}")
     fastai_seed(args.seed)
     fa = fastai_learner(fastai_dls(data, TUNED.workers), len(data.classes), args.seed, tmp, TUNED)
     seconds, rates, ours = fastai_lr_find(fa, args.lr_find_iters)
     out[TUNED.name] = (seconds, rates)
     out["nbtrain rule on fastai"] = ours
-    print(f"  {TUNED.name}: {seconds:.1f} s; {fmt_rates(rates)}", flush=True)
+    print(f"  {TUNED.name}: {fmt(seconds, '.1f')}; {fmt_rates(rates)}", flush=True)
     return out
 
 
-def part_nbtrain_checklist(args, tmp: Path, head_init: str) -> tuple[Stages, float]:
+def part_nbtrain_checklist(args, tmp: Path, head_init: str) -> tuple[Stages, Timing]:
     """bench/checklist.py's recipe, from nothing (data, model, an empty feature cache).
     The accuracy of a stage is the validation accuracy of its fit's last epoch.
     ``head_init="random"`` starts the head as fastai's does; nbtrain's default starts it
     from the ImageNet classifier's rows when the classes are ImageNet classes."""
-    t0 = time.perf_counter()
+    clock = Clock()
     rows: Stages = []
 
     def stage(name: str, state) -> None:
         acc = state.history[-1].metrics["accuracy"]
-        rows.append((name, acc, time.perf_counter() - t0))
-        print(f"  nbtrain {name}: accuracy {acc:.4f} at {rows[-1][2]:.1f} s", flush=True)
+        rows.append((name, acc, clock.elapsed()))
+        print(f"  nbtrain {name}: accuracy {acc:.4f} at {fmt(rows[-1][2], '.1f')}", flush=True)
 
     data = ImageData.from_folder(args.data, size=args.size, bs=args.bs, seed=args.seed)
     learn = Learner.pretrained(data, precompute=True, head_init=head_init)
@@ -433,7 +430,7 @@ def part_nbtrain_checklist(args, tmp: Path, head_init: str) -> tuple[Stages, flo
     if args.final_size:
         learn.set_size(args.final_size)
         stage(f"+ {args.final_size} px, 1 epoch", learn.fit_cycles(rates, 1, seed=args.seed))
-    return rows, time.perf_counter() - t0
+    return rows, clock.elapsed()
 
 
 def part_fastai_checklist(args, tmp: Path, config: FastaiConfig, recipe: str):
@@ -441,7 +438,7 @@ def part_fastai_checklist(args, tmp: Path, config: FastaiConfig, recipe: str):
     ``fit_sgdr`` recipe) with as many epochs over images as nbtrain's recipe."""
     from fastai.vision.all import Callback
 
-    t0 = time.perf_counter()
+    clock = Clock()
     rows: Stages = []
 
     class EpochClock(Callback):
@@ -449,10 +446,10 @@ def part_fastai_checklist(args, tmp: Path, config: FastaiConfig, recipe: str):
 
         def after_epoch(self) -> None:
             acc = float(self.learn.recorder.values[-1][2])
-            rows.append((f"epoch {len(rows) + 1}", acc, time.perf_counter() - t0))
+            rows.append((f"epoch {len(rows) + 1}", acc, clock.elapsed()))
             print(
                 f"  {config.name} {recipe} {rows[-1][0]}: accuracy {acc:.4f} at "
-                f"{rows[-1][2]:.1f} s",
+                f"{fmt(rows[-1][2], '.1f')}",
                 flush=True,
             )
 
@@ -474,7 +471,7 @@ def part_fastai_checklist(args, tmp: Path, config: FastaiConfig, recipe: str):
             if args.final_size:
                 learn.dls = fastai_dls(data.with_size(args.final_size), config.workers)
                 learn.fit_sgdr(1, 1, lr_max=lrs)
-    return rows, time.perf_counter() - t0
+    return rows, clock.elapsed()
 
 
 def fastai_unfrozen_epochs(args) -> int:
@@ -519,7 +516,7 @@ def spawn(part: str, *, keep_malloc: bool) -> Any:
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
         for line in proc.stdout:
             if line.startswith("RESULT "):
-                result = json.loads(line[len("RESULT ") :])
+                result = from_json(line[len("RESULT ") :])
             else:
                 print(line, end="", flush=True)
     if proc.returncode or result is None:
@@ -567,6 +564,11 @@ def write_results(path: Path, body: str) -> None:
     path.write_text(text)
 
 
+def cell(t: Timing, spec: str = ".2f") -> str:
+    """A table cell: seconds (the column says so) and the kernel-time share."""
+    return fmt(t, spec, unit="")
+
+
 def rates_cells(found: dict[str, float | None]) -> list[str]:
     return [f"{found[k]:.1e}" if found.get(k) else "-" for k in RULES]
 
@@ -579,20 +581,16 @@ def epoch_table(frozen: Times, unfrozen: Times, own: dict[str, Times] | None) ->
         row = [name]
         for times in (frozen, unfrozen):
             if name in times:
-                row += [f"{median(times[name]):.2f}", f"{paired(times, name, 'hand-written'):.3f}"]
+                row += [cell(median(times[name])), f"{paired(times, name, 'hand-written'):.3f}"]
             else:
                 row += ["-", "-"]
         rows.append(row)
     if own:
-        rows.append(
-            [
-                "fastai as it comes (own process, glibc default allocator)",
-                f"{median(own['frozen']['fastai']):.2f}",
-                f"{median(own['frozen']['fastai']) / median(frozen['hand-written']):.2f}*",
-                f"{median(own['unfrozen']['fastai']):.2f}",
-                f"{median(own['unfrozen']['fastai']) / median(unfrozen['hand-written']):.2f}*",
-            ]
-        )
+        row = ["fastai as it comes (own process, glibc default allocator)"]
+        for phase, times in (("frozen", frozen), ("unfrozen", unfrozen)):
+            theirs = median(own[phase]["fastai"])
+            row += [cell(theirs), f"{theirs.wall / median(times['hand-written']).wall:.2f}*"]
+        rows.append(row)
     header = ["", "frozen s/epoch", "x hand-written", "unfrozen s/epoch", "x hand-written"]
     return markdown_table(header, rows)
 
@@ -636,20 +634,24 @@ def build_report(args, info, data, res: dict[str, Any]) -> str:
     rows = [
         [
             "nbtrain, images (precompute off)",
-            f"{find['nbtrain'][0]:.1f}",
+            cell(find["nbtrain"][0], ".1f"),
             *rates_cells(find["nbtrain"][1]),
         ],
         [
-            f"nbtrain, cached activations (+ {find['cache build']:.1f} s to build the cache)",
-            f"{find['nbtrain cached'][0]:.2f}",
+            f"nbtrain, cached activations (+ {fmt(find['cache build'], '.1f')} to build the cache)",
+            cell(find["nbtrain cached"][0]),
             *rates_cells(find["nbtrain cached"][1]),
         ],
-        [f"{TUNED.name} (Adam)", f"{find[TUNED.name][0]:.1f}", *rates_cells(find[TUNED.name][1])],
+        [
+            f"{TUNED.name} (Adam)",
+            cell(find[TUNED.name][0], ".1f"),
+            *rates_cells(find[TUNED.name][1]),
+        ],
     ]
     if "own" in res and "lr_find" in res["own"]:
         seconds, found = res["own"]["lr_find"]
         rows.append(
-            ["fastai as it comes, own process (Adam)", f"{seconds:.1f}", *rates_cells(found)]
+            ["fastai as it comes, own process (Adam)", cell(seconds, ".1f"), *rates_cells(found)]
         )
     out.append(markdown_table(["", "seconds", *RULES], rows))
     out += [
@@ -663,8 +665,8 @@ def build_report(args, info, data, res: dict[str, Any]) -> str:
         out += ["", "## Checklist, each from nothing in a fresh process", ""]
         rows = []
         for name, (stages, total) in checklist.items():
-            rows.append([f"**{name}**", f"**{stages[-1][1]:.4f}**", f"**{total:.0f}**"])
-            rows += [[f"&nbsp;&nbsp;{s}", f"{a:.4f}", f"{t:.0f}"] for s, a, t in stages]
+            rows.append([f"**{name}**", f"**{stages[-1][1]:.4f}**", f"**{cell(total, '.0f')}**"])
+            rows += [[f"&nbsp;&nbsp;{s}", f"{a:.4f}", cell(t, ".0f")] for s, a, t in stages]
         out.append(markdown_table(["", "valid accuracy", "wall s (cumulative)"], rows))
         out += [
             "",
@@ -684,13 +686,13 @@ def summary(res: dict[str, Any]) -> list[str]:
     for phase in ("frozen", "unfrozen"):
         times = res[phase]
         ours = median(times["nbtrain"])
-        text = f"  {phase} epoch: nbtrain {ours:.2f} s = "
+        text = f"  {phase} epoch: nbtrain {fmt(ours)} = "
         text += f"{paired(times, 'nbtrain', 'hand-written'):.3f}x hand-written"
         verdicts = []
         if "own" in res:
             theirs = median(res["own"][phase]["fastai"])
-            text += f"; {ours / theirs:.2f}x fastai as it comes ({theirs:.2f} s)"
-            verdicts.append(("as it comes", ours <= theirs))
+            text += f"; {ours.wall / theirs.wall:.2f}x fastai as it comes ({fmt(theirs)})"
+            verdicts.append(("as it comes", ours.wall <= theirs.wall))
         name = TUNED_NO_BN.name if phase == "frozen" else TUNED.name
         ratio = paired(times, "nbtrain", name)
         text += f"; {ratio:.3f}x {name}"
@@ -709,15 +711,16 @@ def summary(res: dict[str, Any]) -> list[str]:
         nb_stages, nb_total = res["checklist"]["nbtrain"]
         acc, nb_acc = stages[-1][1], nb_stages[-1][1]
         reach = next((t for _, a, t in nb_stages if a >= acc), None)
-        whole = nb_total <= 0.5 * total and nb_acc >= acc
+        whole = nb_total.wall <= 0.5 * total.wall and nb_acc >= acc
         lines.append(
             f"  checklist vs {name}: accuracy {nb_acc:.4f} vs {acc:.4f} "
-            f"({'met' if nb_acc >= acc else 'MISSED'}, target >=); whole recipe {nb_total:.0f} s "
-            f"vs {total:.0f} s = {nb_total / total:.2f}x ({'met' if whole else 'MISSED'}, "
-            "target <= 0.5x); "
+            f"({'met' if nb_acc >= acc else 'MISSED'}, target >=); whole recipe "
+            f"{fmt(nb_total, '.0f')} vs {fmt(total, '.0f')} = {nb_total.wall / total.wall:.2f}x "
+            f"({'met' if whole else 'MISSED'}, target <= 0.5x); "
             + (
-                f"nbtrain had {acc:.4f} or better after {reach:.0f} s = {reach / total:.2f}x "
-                f"({'met' if reach <= 0.5 * total else 'MISSED'})"
+                f"nbtrain had {acc:.4f} or better after {fmt(reach, '.0f')} = "
+                f"{reach.wall / total.wall:.2f}x "
+                f"({'met' if reach.wall <= 0.5 * total.wall else 'MISSED'})"
                 if reach is not None
                 else "nbtrain never had that accuracy"
             )
@@ -725,8 +728,9 @@ def summary(res: dict[str, Any]) -> list[str]:
     if RANDOM_HEAD in res.get("checklist", {}):
         stages, total = res["checklist"][RANDOM_HEAD]
         lines.append(
-            f"  {RANDOM_HEAD} (fastai's start): accuracy {stages[-1][1]:.4f} in {total:.0f} s; "
-            f"head on cached activations {stages[0][1]:.4f} at {stages[0][2]:.0f} s"
+            f"  {RANDOM_HEAD} (fastai's start): accuracy {stages[-1][1]:.4f} in "
+            f"{fmt(total, '.0f')}; head on cached activations {stages[0][1]:.4f} at "
+            f"{fmt(stages[0][2], '.0f')}"
         )
     return lines
 
@@ -762,10 +766,10 @@ def main() -> None:
     warnings.simplefilter("ignore")  # the GIF; precompute + augmentation; fastai's notices
     tmp = Path(tempfile.mkdtemp(prefix="nbtrain-vs-fastai-"))
     if args.part:
-        print("RESULT " + json.dumps(run_part(args, tmp)), flush=True)
+        print("RESULT " + to_json(run_part(args, tmp)), flush=True)
         return
 
-    t_all = time.perf_counter()
+    clock = Clock()
     info = machine()
     print("\n".join(info.values()))
     data = ImageData.from_folder(args.data, size=args.size, bs=args.bs, seed=args.seed)
@@ -796,7 +800,7 @@ def main() -> None:
     if args.write:
         write_results(Path(args.write), report)
         print(f"written to {args.write}")
-    print(f"bench wall time {time.perf_counter() - t_all:.0f} s")
+    print(f"bench wall time {fmt(clock.elapsed(), '.0f')}")
     print("\n".join(summary(res)))
 
 
