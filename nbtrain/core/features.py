@@ -18,7 +18,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,10 @@ class FeatureCache:
 
     ``hits``, ``misses`` and ``last`` (the last :class:`Features` served) make the
     cache's behaviour visible, e.g. in a freeze panel.
+
+    Besides full entries, it keeps the validation activations of one key recorded during
+    a validation pass through images (:meth:`record_valid`, memory only): with a frozen
+    body and precompute off, the first epoch's validation pass computes them anyway.
     """
 
     directory: Path | None = field(default_factory=default_cache_dir)
@@ -89,6 +93,7 @@ class FeatureCache:
     misses: int = 0
     last: Features | None = None
     _memory: dict[str, Features] = field(default_factory=dict, repr=False)
+    _valid: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def key(self, body: nn.Module, parts: dict[str, str]) -> str:
         h = hashlib.sha256(weights_digest(body).encode())
@@ -124,7 +129,9 @@ class FeatureCache:
             t0 = time.perf_counter()
             kw = {"device": device, "autocast": autocast, "channels_last": channels_last}
             train_x, train_y = extract(body, fix, **kw)
-            valid_x, valid_y = extract(body, valid, **kw) if valid is not None else (None, None)
+            valid_x, valid_y = None, None
+            if valid is not None:  # a recorded validation pass saves half the work
+                valid_x, valid_y = self._valid.get(key) or extract(body, valid, **kw)
             feats = Features(
                 train_x, train_y, valid_x, valid_y, key, "computed", time.perf_counter() - t0
             )
@@ -133,9 +140,43 @@ class FeatureCache:
         self.last = feats
         return feats
 
+    def valid_features(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The validation activations and targets under ``key``, from a full entry (memory
+        or disk) or a recorded validation pass; None when there are none. Never computes."""
+        feats = self._memory.get(key)
+        if feats is None and (feats := self._read(key)) is not None:
+            self._memory[key] = feats
+        if feats is not None and feats.valid_x is not None and feats.valid_y is not None:
+            return feats.valid_x, feats.valid_y
+        return self._valid.get(key)
+
+    def record_valid(self, key: str, body: nn.Module, loader: Iterable[Any]) -> Iterator[Any]:
+        """Yield ``loader``'s ``(inputs, targets)`` batches while keeping what ``body``
+        outputs on them; when the loader is exhausted (not on an error or interrupt), keep
+        those outputs under ``key`` for :meth:`valid_features`, in place of any earlier
+        recording. The caller must run ``body`` once per batch, in eval mode, as
+        :func:`extract` does, and ``key`` must be that of ``body``'s current weights."""
+        outputs: list[torch.Tensor] = []
+        targets: list[torch.Tensor] = []
+
+        def keep(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+            outputs.append(out.detach().to("cpu", torch.float32, copy=True))
+
+        handle = body.register_forward_hook(keep)
+        try:
+            for batch in loader:
+                targets.append(batch[1].cpu())
+                yield batch
+        finally:
+            handle.remove()
+        if outputs and len(outputs) == len(targets):
+            with torch.inference_mode(False):  # plain tensors, like extract's
+                self._valid = {key: (torch.cat(outputs), torch.cat(targets))}
+
     def clear(self, *, disk: bool = False) -> None:
         """Forget the entries in memory (and on disk with ``disk=True``)."""
         self._memory.clear()
+        self._valid.clear()
         if disk and self.directory is not None and self.directory.exists():
             for path in self.directory.glob("*.pt"):
                 path.unlink(missing_ok=True)

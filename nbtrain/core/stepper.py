@@ -87,6 +87,9 @@ class Stepper:
     metrics: Sequence[Metric] = field(default_factory=tuple)
     channels_last: bool = False
     freeze_bn: bool = False
+    # Called at the start of each validation pass: (module, batches) to run instead of
+    # ``model`` over the loader given, e.g. the head over cached activations.
+    validation: Callable[[], tuple[nn.Module, Any] | None] | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -135,7 +138,12 @@ class Stepper:
         return value
 
     def validate(self, loader: Any) -> tuple[float, dict[str, float]]:
-        """Mean loss and metrics over ``loader`` (weighted by batch size), in eval mode."""
+        """Mean loss and metrics over ``loader`` (weighted by batch size), in eval mode;
+        over what :attr:`validation` gives instead, when it gives something."""
+        model = self.model
+        found = self.validation() if self.validation is not None else None
+        if found is not None:
+            model, loader = found
         was_training = self.model.training
         self.model.eval()
         total, loss_sum = 0, torch.zeros((), dtype=torch.float64, device=self.device)
@@ -144,7 +152,7 @@ class Stepper:
             with torch.inference_mode(), self.autocast():
                 for batch in loader:
                     xb, yb = to_device(batch, self.device, channels_last=self.channels_last)
-                    out = self.model(xb).float()
+                    out = model(xb).float()
                     n = yb.shape[0]
                     total += n
                     loss_sum += self.loss_fn(out, yb).double() * n

@@ -5,6 +5,7 @@ Needs torch, torchvision, timm and PIL; never imports IPython, ipywidgets or mat
 
 from nbtrain.vision.data import BadImagesWarning, ImageData, make_shapes_dataset
 from nbtrain.vision.models import BodySpec, body_groups, create_body, load_efficientnet_lite0
+from nbtrain.vision.photos import make_photo_dataset
 
 __all__ = [
     "BadImagesWarning",
@@ -13,5 +14,6 @@ __all__ = [
     "body_groups",
     "create_body",
     "load_efficientnet_lite0",
+    "make_photo_dataset",
     "make_shapes_dataset",
 ]

@@ -1,40 +1,137 @@
-"""Image transforms: eval (resize + center crop), training augmentation, TTA views."""
+"""Image transforms: eval (resize + center crop), training augmentation, TTA views.
+
+The eval and training transforms call PIL directly, doing what torchvision's v2
+``Resize``, ``CenterCrop``, ``RandomResizedCrop``, ``RandomHorizontalFlip``,
+``RandomRotation``, ``ColorJitter``, ``ToImage``, ``ToDtype`` and ``Normalize`` do on a PIL
+image, without their per-call dispatch: on a 2-core CPU the loader workers take their time
+from the model's forward pass, and the dispatch was a third of their work (per 500x375
+photo, one core: training 2.98 -> 1.81 ms, eval 1.73 -> 1.06 ms, plus ~1.1 ms of JPEG
+decode). The eval output is bit-for-bit the v2 pipeline's (a test checks it), so cached
+activations keyed by ``eval_signature`` stay valid.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from PIL import Image, ImageEnhance
 from torchvision.transforms import v2
 
 CROP_FRACTION = 0.875  # eval resizes the shorter side to size / 0.875 (224 -> 256), as ImageNet
 TRAIN_MIN_SCALE = 0.35  # smallest RandomResizedCrop area, as a fraction of the image
+TRAIN_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect ratios
+TRAIN_DEGREES = 10.0
+TRAIN_JITTER = 0.2  # brightness and contrast factors in [0.8, 1.2]
 
 
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+class EvalTransform:
+    """Resize the shorter side to ``round(size / 0.875)`` (bilinear, antialiased),
+    center-crop ``size``, and return a normalized ``(3, size, size)`` float tensor."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
+        self.size = size
+        self.normalize = _Normalize(mean, std)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        width, height = img.size
+        short = _resize_size(self.size)
+        # torchvision's rounding: the longer side is truncated, the crop offset rounded.
+        if width <= height:
+            new = (short, int(short * height / width))
+        else:
+            new = (int(short * width / height), short)
+        if new != img.size:
+            img = img.resize(new, Image.BILINEAR)
+        left = round((new[0] - self.size) / 2.0)
+        top = round((new[1] - self.size) / 2.0)
+        return self.normalize(img.crop((left, top, left + self.size, top + self.size)))
+
+    def __repr__(self) -> str:
+        return f"EvalTransform(size={self.size}, resize={_resize_size(self.size)})"
+
+
+class TrainTransform:
+    """A random crop of 35-100% of the area (aspect 3/4-4/3) resized to ``size``, a
+    horizontal flip half the time, a rotation by up to ±10° (corners filled with the mean
+    colour, so they normalize to zeros), brightness and contrast jitter of 0.2 in random
+    order, then normalization. Random numbers come from torch's generator, which
+    DataLoader seeds per worker."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
+        self.size = size
+        self.fill = tuple(round(255 * m) for m in mean)
+        self.normalize = _Normalize(mean, std)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        left, top, width, height = _random_crop_box(*img.size)
+        box = (left, top, left + width, top + height)
+        img = img.resize((self.size, self.size), Image.BILINEAR, box=box)
+        if _uniform(0, 1) < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        angle = _uniform(-TRAIN_DEGREES, TRAIN_DEGREES)
+        img = img.rotate(angle, Image.BILINEAR, fillcolor=self.fill)
+        factors = [_uniform(1 - TRAIN_JITTER, 1 + TRAIN_JITTER) for _ in range(2)]
+        for i in torch.randperm(2).tolist():
+            enhance = ImageEnhance.Brightness if i == 0 else ImageEnhance.Contrast
+            img = enhance(img).enhance(factors[i])
+        return self.normalize(img)
+
+    def __repr__(self) -> str:
+        return f"TrainTransform(size={self.size}, scale=({TRAIN_MIN_SCALE}, 1.0))"
+
+
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> EvalTransform:
     """Resize the shorter side to ``round(size / 0.875)``, center-crop ``size``, normalize."""
-    return v2.Compose(
-        [
-            v2.Resize(_resize_size(size), antialias=True),
-            v2.CenterCrop(size),
-            *_to_normalized_tensor(mean, std),
-        ]
-    )
+    return EvalTransform(size, mean, std)
 
 
-def train_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+def train_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> TrainTransform:
     """Random crop of 35-100% of the area resized to ``size``, flip, rotate ±10°, jitter 0.2."""
-    # Rotated-in corners get the mean colour, so they become zeros after normalization.
-    fill = [round(255 * m) for m in mean]
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=(TRAIN_MIN_SCALE, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomRotation(10, interpolation=v2.InterpolationMode.BILINEAR, fill=fill),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
-            *_to_normalized_tensor(mean, std),
-        ]
-    )
+    return TrainTransform(size, mean, std)
+
+
+class _Normalize:
+    """PIL RGB image -> CHW float tensor ``(x / 255 - mean) / std``: v2's ToImage,
+    ToDtype(scale=True) and Normalize, operation for operation (so bit for bit)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+        return pixels.to(torch.float32).mul_(1.0 / 255).sub_(self.mean).div_(self.std)
+
+
+def _uniform(low: float, high: float) -> float:
+    return float(torch.empty(1).uniform_(low, high))
+
+
+def _random_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """``(left, top, width, height)`` as torchvision's RandomResizedCrop.get_params picks it:
+    ten tries at a random area and aspect, then the largest central crop in range."""
+    area = width * height
+    log_ratio = (math.log(TRAIN_RATIO[0]), math.log(TRAIN_RATIO[1]))
+    for _ in range(10):
+        target = area * _uniform(TRAIN_MIN_SCALE, 1.0)
+        aspect = math.exp(_uniform(*log_ratio))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,)))
+            left = int(torch.randint(0, width - w + 1, size=(1,)))
+            return left, top, w, h
+    ratio = width / height
+    if ratio < TRAIN_RATIO[0]:
+        w, h = width, round(width / TRAIN_RATIO[0])
+    elif ratio > TRAIN_RATIO[1]:
+        w, h = round(height * TRAIN_RATIO[1]), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
 
 
 TTA_VIEWS = ("center", "flip", "top-left", "top-right", "bottom-left", "bottom-right")
