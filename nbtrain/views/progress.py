@@ -37,7 +37,7 @@ import traitlets as T
 from nbtrain.core.schedules import SGDRSchedule
 from nbtrain.core.state import TrainState
 from nbtrain.views.figure import axes_box_px, canvas_png, new_figure
-from nbtrain.views.format import final_line, html_table, progress_line, text_table
+from nbtrain.views.format import html_table, progress_line, text_table
 from nbtrain.views.run import RunTracker
 
 WIDTH, HEIGHT = 720, 300
@@ -467,14 +467,7 @@ class ProgressView(W.VBox):
         ):
             status, message = "failed", f"{type(error).__name__}: {error}"
         self.status = status
-        self.message = final_line(
-            status,
-            message,
-            epochs=tr.epochs_done,
-            seconds=tr.seconds(),
-            skipped=tr.skipped(),
-            best=tr.best_line(),
-        )
+        self.message = tr.final_line(status, message)
         self.status_html.value = f"<b>{escape(self.message)}</b>"
         self.stop_button.layout.display = "none"
         if self._stale and state is not None:

@@ -13,7 +13,13 @@ from typing import Any
 
 from nbtrain.core.schedules import SGDRSchedule
 from nbtrain.core.state import TrainState, validation_score
-from nbtrain.views.format import best_text, epoch_cells, epoch_columns, plan_summary
+from nbtrain.views.format import (
+    best_text,
+    epoch_cells,
+    epoch_columns,
+    final_line,
+    plan_summary,
+)
 
 
 class RunTracker:
@@ -147,3 +153,14 @@ class RunTracker:
     def skipped(self) -> int:
         """Stages planned but never started."""
         return max(self.n_stages - len(self.states), 0)
+
+    def final_line(self, status: str, message: str) -> str:
+        """The run's last line: how it ended, epochs and time, skipped stages, best."""
+        return final_line(
+            status,
+            message,
+            epochs=self.epochs_done,
+            seconds=self.seconds(),
+            skipped=self.skipped(),
+            best=self.best_line(),
+        )

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from nbtrain.core.schedules import SGDRSchedule
 from nbtrain.core.state import TrainState
-from nbtrain.views.format import final_line, fmt_seconds, progress_line, text_table
+from nbtrain.views.format import fmt_seconds, progress_line, text_table
 from nbtrain.views.frontend import in_kernel
 from nbtrain.views.run import RunTracker
 
@@ -173,14 +173,7 @@ class TextProgress:
             and not isinstance(error, KeyboardInterrupt)
         ):
             status, message = "failed", f"{type(error).__name__}: {error}"
-        self.message = final_line(
-            status,
-            message,
-            epochs=tr.epochs_done,
-            seconds=tr.seconds(),
-            skipped=tr.skipped(),
-            best=tr.best_line(),
-        )
+        self.message = tr.final_line(status, message)
         if status == "done" or tr.skipped() or error is not None:
             self.block.add(self.message)
         else:  # the stage's own line already said why it ended
