@@ -1,14 +1,15 @@
-"""The fast.ai checklist, by hand, through nbtrain's Python API, on an image folder.
+"""The fast.ai checklist through nbtrain's Python API, step by step, on an image folder.
 
     python bench/checklist.py [--data PATH | --data photos:N] [--size 224] [--bs 32] [--seed 0]
                               [--frozen-only]
 
 Stages (lesson 1 of the 2018 course, "easy steps to train a world-class image
-classifier"):
+classifier"), as :class:`nbtrain.recipes.Checklist` says them (the checklist notebook's
+recipe), each timed on its own:
 
 1. precompute=True (augmentation configured);
 2. lr_find on the cached activations;
-3. train the head on cached activations for 2 epochs;
+3. train the head on cached activations (2 one-epoch cycles);
 4. augmentation on (precompute off), cycle_len=1;
 5. unfreeze;
 6. earlier groups 3x lower per group;
@@ -33,7 +34,7 @@ At real size: ``--data photos:2000`` generates 2,000 + 2,000 photo-sized JPEGs (
 two classes; ``nbtrain.vision.make_photo_dataset``, ~20 s once, then reused from the
 cache folder). Beside the frozen epochs of stage 4 it measures the training loader alone
 and the frozen training step alone, and prints the ratio of the epoch's training pass to the
-slower of the two (issue 9's target: >= 0.8). ``--frozen-only`` stops after stage 4: about
+slower of the two (the target: >= 0.8). ``--frozen-only`` stops after stage 4: about
 3 minutes at photos:2000 on 2 quiet cores; the whole checklist there takes ~15 minutes.
 """
 
@@ -49,10 +50,12 @@ from pathlib import Path
 import psutil
 import torch
 
-from nbtrain import Learner, spread_lrs
+from nbtrain import Learner
 from nbtrain.core import Stepper
 from nbtrain.core.snapshot import TrainingSnapshot
 from nbtrain.core.stepper import InterruptGuard
+from nbtrain.recipes import Checklist, head_rate, sweep_line
+from nbtrain.views.format import fmt_rates
 from nbtrain.vision import ImageData, make_photo_dataset
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
@@ -186,10 +189,10 @@ def main() -> None:
     ap.add_argument("--bs", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--unfrozen-iters",
-        type=int,
-        default=40,
-        help="lr_find steps once unfrozen (each is a full training step)",
+        "--lr-find-epochs",
+        type=float,
+        default=Checklist.lr_find_epochs,
+        help="the unfrozen lr_find's length in epochs of batches (20 to 100 steps)",
     )
     ap.add_argument(
         "--unfrozen-cycles",
@@ -219,8 +222,14 @@ def main() -> None:
         f"{learn.device}, {torch.get_num_threads()} threads; head: {learn.model.head_init}"
     )
     rows, counted = [], Rows(learn.model)
+    recipe = Checklist(
+        unfreeze_cycles=args.unfrozen_cycles,
+        lr_find_epochs=args.lr_find_epochs,
+        final_size=args.final_size or None,
+        seed=args.seed,
+    )
 
-    class Stage:
+    class Step:
         def __init__(self) -> None:
             self.span, self.head, self.body = Span(), counted.head, counted.body
 
@@ -235,64 +244,49 @@ def main() -> None:
                 flush=True,
             )
 
-    t0 = Stage()
+    step = Step()
     learn.features()
-    t0.done("precompute (build the activation cache)")
+    step.done("precompute (build the activation cache)")
 
-    t0 = Stage()
+    step = Step()
     found = learn.lr_find(seed=args.seed)
-    lr = found.suggestion
-    print(
-        f"   lr_find: {len(found.lrs)} steps ({found.stop_reason}); "
-        + ", ".join(f"{k} {v:.1e}" for k, v in found.suggestions.items() if v)
-        + f" -> lr {lr:.1e}"
-    )
-    t0.done("lr_find on cached activations")
+    lr = head_rate(found)
+    print(f"   lr_find: {sweep_line(found)} -> lr {lr:.1e}")
+    step.done("lr_find on cached activations")
 
-    t0 = Stage()
-    learn.fit_cycles(lr, cycles=2, seed=args.seed)
-    t0.done("head on cached activations, 2 epochs")
+    cached, augmented = recipe.head_stages(lr)
+    step = Step()
+    learn.fit_stages([cached])
+    step.done(f"head on cached activations, {cached.cycles} epochs")
 
     learn.precompute = False
     loader_rate, loader_kernel = loader_alone(data)
     forward_rate, forward_kernel = forward_alone(learn)
     clock = EpochClock(counted)
-    t0 = Stage()
-    learn.fit_cycles(lr, cycles=2, cycle_len=1, seed=args.seed, listeners=[clock])
-    t0.done("head with augmentation, cycle_len=1, 2 cycles")
+    step = Step()
+    learn.fit_stages([augmented], listeners=[clock])
+    step.done(f"head with augmentation, cycle_len=1, {augmented.cycles} cycles")
     frozen_report(clock, loader_rate, loader_kernel, forward_rate, forward_kernel)
     if args.frozen_only:
         print(f"total wall time {time.perf_counter() - t_start:.0f} s (--frozen-only)")
         return
 
-    t0 = Stage()
+    step = Step()
     learn.unfreeze()
     learn.bn_freeze()
-    ratios = spread_lrs(1.0, learn.n_groups, factor=3)
-    found = learn.lr_find(
-        start=[1e-7 * r for r in ratios], iters=args.unfrozen_iters, seed=args.seed
-    )
-    # The unfrozen range test measures the whole network; the course's advice caps the
-    # body's fine-tuning rate at a tenth of the head's: the lower of the two.
-    lr_unfrozen = min(found.suggestion or lr / 10, lr / 10)
-    rates = spread_lrs(lr_unfrozen, learn.n_groups, factor=3)
-    print(
-        "   lr_find (unfrozen): "
-        + ", ".join(f"{k} {v:.1e}" for k, v in found.suggestions.items() if v)
-        + " -> rates "
-        + ", ".join(f"{r:.1e}" for r in rates)
-    )
-    t0.done("unfreeze, 3x lower per earlier group, lr_find")
+    found = learn.lr_find(**recipe.unfrozen_sweep(learn.iters_per_epoch(), learn.n_groups))
+    rates = recipe.unfrozen_rates(lr, found.suggestion, learn.n_groups)
+    print(f"   lr_find (unfrozen): {sweep_line(found)} -> rates " + fmt_rates(rates))
+    step.done("unfreeze, 3x lower per earlier group, lr_find")
 
-    t0 = Stage()
-    learn.fit_cycles(rates, cycles=args.unfrozen_cycles, cycle_mult=2, seed=args.seed)
-    t0.done(f"SGDR cycle_mult=2, {args.unfrozen_cycles} cycles")
-
-    if args.final_size:
-        t0 = Stage()
-        learn.set_size(args.final_size)
-        learn.fit_cycles(rates, cycles=1, seed=args.seed)
-        t0.done(f"progressive resizing: {args.final_size} px, 1 cycle")
+    unfrozen, *final = recipe.unfrozen_stages(rates)
+    step = Step()
+    learn.fit_stages([unfrozen])
+    step.done(f"SGDR cycle_mult=2, {unfrozen.cycles} cycles")
+    if final:
+        step = Step()
+        learn.fit_stages(final)
+        step.done(f"progressive resizing: {final[0].size} px, 1 cycle")
 
     tta = learn.evaluate(tta=True)["accuracy"]
     total = time.perf_counter() - t_start

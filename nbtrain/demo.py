@@ -4,8 +4,9 @@
     python -m nbtrain.demo --data PATH           # PATH/train/<class>/*, PATH/valid/<class>/*
     NBTRAIN_DATA=PATH python -m nbtrain.demo
 
-Prints the planned schedules, the LR finder's suggestion, one line per epoch, and the
-validation accuracy after each stage.
+Runs :class:`nbtrain.recipes.Checklist`, the checklist notebook's recipe: steps 1-4
+(the head) by default, all eight with ``--full``. Prints the range tests' suggestions,
+each stage's schedule, one line per epoch and the final validation accuracy.
 """
 
 from __future__ import annotations
@@ -18,22 +19,20 @@ from pathlib import Path
 
 from nbtrain.core.features import default_cache_dir
 from nbtrain.core.learner import Learner
-from nbtrain.core.schedules import spread_lrs
 from nbtrain.core.state import TrainState
+from nbtrain.recipes import Checklist, larger_size
 
 
 class EpochPrinter:
     """One line per epoch, for terminals and logs (listens to the fit loop's events)."""
 
-    def __init__(self, stage: str) -> None:
-        self.stage = stage
-
     def on_fit_start(self, state: TrainState) -> None:
         s = state.schedule
+        where = f"stage {state.stage + 1}/{len(state.plan)}" if state.plan else "fit"
         cycles = " + ".join(str(e) for e in s.epochs_per_cycle)
         rates = ", ".join(f"{lr:.2e}" for lr in s.lrs)
         print(
-            f"[{self.stage}] SGDR: {s.cycles} cycle(s) of {cycles} epoch(s) = {s.epochs} "
+            f"[{where}] SGDR: {s.cycles} cycle(s) of {cycles} epoch(s) = {s.epochs} "
             f"epochs, {s.total_iters} iterations; max rate per group: {rates}",
             flush=True,
         )
@@ -48,6 +47,9 @@ class EpochPrinter:
             f"({r.seconds:.1f} s)",
             flush=True,
         )
+
+    def on_fit_end(self, state: TrainState) -> None:
+        print(f"  {state.status}{': ' + state.message if state.message else ''}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,61 +97,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"data: {data}")
     t_all = time.perf_counter()
-    learn = Learner.pretrained(data, precompute=True)
+    learn = Learner.pretrained(data, precompute=True, seed=args.seed)
     print(
         f"model: {learn.model.arch}, layer groups: "
         + ", ".join(f"{g.name} ({g.n_params:,} params)" for g in learn.groups)
     )
     print(f"untrained head: accuracy {learn.evaluate()['accuracy']:.4f}")
-
-    def stage(name: str, fn) -> None:
-        t0 = time.perf_counter()
-        fn()
-        acc = learn.evaluate()["accuracy"]
-        print(f"== {name}: accuracy {acc:.4f}  ({time.perf_counter() - t0:.1f} s)", flush=True)
-
-    # 1-2: precompute on, find the rate
-    found = learn.lr_find(seed=args.seed)
-    lr = found.suggestion or 1e-2
-    print(
-        f"lr_find: {len(found.lrs)} steps, stopped ({found.stop_reason}); suggestions: "
-        + ", ".join(f"{k} {v:.2e}" for k, v in found.suggestions.items() if v)
-        + f"; using {lr:.2e}"
-    )
-    # 3: head on cached activations
-    stage(
-        "head on cached activations",
-        lambda: learn.fit_cycles(lr, cycles=2, seed=args.seed, listeners=[EpochPrinter("head")]),
-    )
-    # 4: augmentation, precompute off, cycle_len=1
-    learn.precompute = False
-    stage(
-        "head with augmentation",
-        lambda: learn.fit_cycles(
-            lr, cycles=1, cycle_len=1, seed=args.seed, listeners=[EpochPrinter("augment")]
-        ),
-    )
-    if args.full:
-        # 5-8: unfreeze, differential rates, lr_find again, cycle_mult=2
-        learn.unfreeze()
-        found = learn.lr_find(start=spread_lrs(1e-7, 3), seed=args.seed)
-        lr2 = min(found.suggestion or lr, lr) / 2
-        rates = spread_lrs(lr2, learn.n_groups, factor=3)
-        print(
-            "lr_find (unfrozen): suggestion "
-            f"{found.suggestion:.2e}; rates {', '.join(f'{r:.1e}' for r in rates)}"
+    recipe = Checklist(final_size=larger_size(size) if args.full else None, seed=args.seed)
+    try:
+        run = recipe.run(
+            learn,
+            unfreeze=args.full,
+            listeners=[EpochPrinter()],
+            report=lambda line: print(line, flush=True),
         )
-        stage(
-            "unfrozen, SGDR cycle_mult=2",
-            lambda: learn.fit_cycles(
-                rates, cycles=2, cycle_mult=2, seed=args.seed, listeners=[EpochPrinter("unfrozen")]
-            ),
-        )
+    except ValueError as e:  # e.g. a range test without a suggestion
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     final = learn.evaluate()
     path = learn.save("demo")
     print(
-        f"final validation accuracy: {final['accuracy']:.4f} (loss {final['loss']:.4f}); "
-        f"weights in {path}; total {time.perf_counter() - t_all:.1f} s"
+        f"final validation accuracy: {final['accuracy']:.4f} (loss {final['loss']:.4f}) "
+        f"after {len(run.states)} stages; weights in {path}; "
+        f"total {time.perf_counter() - t_all:.1f} s"
     )
     return 0
 

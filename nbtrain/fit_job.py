@@ -59,7 +59,7 @@ from IPython.core.error import UsageError
 
 from nbtrain.core.learner import Learner, PrecomputeWarning
 from nbtrain.core.loop import DivergedWarning
-from nbtrain.stages import Stage
+from nbtrain.core.stages import Plan, Stage
 from nbtrain.views import frontend
 
 T = TypeVar("T")
@@ -109,55 +109,53 @@ def routed_warnings(note: Callable[[str], None]) -> Iterator[None]:
         yield
 
 
-@dataclass
-class FitJob:
-    """A checked ``%fit_cycles`` run: the learner, its stages and the view showing them."""
+class _PanelRefresh:
+    """Listener redrawing the layer-freeze panels when a stage has changed the freeze
+    state (a stage's ``freeze``/``unfreeze`` is applied just before its ``fit_start``)."""
 
-    learn: Learner
-    stages: list[Stage]
-    view: Any
-    handle: Any = None
-    states: list[Any] = field(default_factory=list)
-    listeners: list[Any] = field(default_factory=list)  # beside the view, e.g. an epoch log
+    def __init__(self, learn: Learner) -> None:
+        self.learn = learn
 
-    def run(self, interrupt: threading.Event | None = None) -> None:
-        """Run the stages in order; stop early when one does not finish ``done``."""
+    def on_fit_start(self, state: Any) -> None:
         from nbtrain.views.freeze_panel import refresh_panels
 
-        listeners: list[Any] = [self.view, *self.listeners]
+        refresh_panels(self.learn)
+
+
+@dataclass
+class FitJob:
+    """A checked ``%fit_cycles`` run: the learner, its plan and the view showing it."""
+
+    learn: Learner
+    plan: Plan
+    view: Any
+    handle: Any = None
+    listeners: list[Any] = field(default_factory=list)  # beside the view, e.g. an epoch log
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        return self.plan.stages
+
+    def run(self, interrupt: threading.Event | None = None) -> None:
+        """Run the plan's stages in order (``learn.fit_stages``), nbtrain's warnings
+        shown as one line in the view; ``interrupt`` set ends it at the next batch."""
+        from nbtrain.views.freeze_panel import refresh_panels
+
+        listeners: list[Any] = [self.view, *self.listeners, _PanelRefresh(self.learn)]
         if interrupt is not None:
             listeners.append(_InterruptCheck(interrupt))
-        learn = self.learn
-        number = 0  # the running stage, from 1; read by note() when a warning comes
 
         def note(text: str) -> None:
-            self.view.note(f"stage {number}: {text}" if len(self.stages) > 1 else text)
+            running = self.learn.running
+            if running is not None and len(self.plan) > 1:
+                text = f"stage {running.stage + 1}: {text}"
+            self.view.note(text)
 
         try:
             with routed_warnings(note):
-                for number, stage in enumerate(self.stages, start=1):  # noqa: B007
-                    if getattr(self.view, "stop_requested", False):
-                        break
-                    if stage.freeze_to is not None:
-                        learn.freeze_to(stage.freeze_to)
-                        refresh_panels(learn)
-                    if stage.size is not None:
-                        learn.set_size(stage.size)
-                    if stage.precompute is not None:
-                        learn.precompute = stage.precompute
-                    state = learn.fit_cycles(
-                        stage.lr,
-                        stage.cycles,
-                        stage.cycle_len,
-                        stage.cycle_mult,
-                        seed=stage.seed,
-                        listeners=listeners,
-                    )
-                    self.states.append(state)
-                    if state.status != "done":
-                        break
+                self.learn.fit_stages(self.plan, listeners=listeners)
         finally:
-            refresh_panels(learn)
+            refresh_panels(self.learn)
 
     def finish(self, error: BaseException | None = None) -> None:
         self.view.finish(error=error)
@@ -209,16 +207,18 @@ async def in_worker(fn: Callable[[], T], interrupt: threading.Event) -> T:
     return result
 
 
+PREPARERS: dict[str, Callable[[str, str | None], FitJob]] = {}
+"""How each rewritable magic turns its line and cell into a :class:`FitJob`: the magics
+register theirs when the extension loads (``%load_ext nbtrain``)."""
+
+
 async def run_async(magic: str, line: str, cell: str | None = None) -> None:
     """The awaitable form of ``%fit_cycles`` that the input transformer writes (see
     the module docstring): checks and displays on the main thread, trains in a worker."""
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    magics = shell.magics_manager.registry.get("NbtrainMagics") if shell else None
-    if magics is None or magic != "fit_cycles":
+    prepare = PREPARERS.get(magic)
+    if prepare is None:
         raise UsageError(f"%{magic} is not an nbtrain magic; run %load_ext nbtrain")
-    job = magics.prepare_fit(line, cell)
+    job = prepare(line, cell)
     interrupt = threading.Event()
     error: BaseException | None = None
     try:

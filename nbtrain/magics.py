@@ -18,13 +18,13 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import display
 from IPython.utils.process import arg_split
 
 from nbtrain.core.learner import Learner
-from nbtrain.fit_job import FitJob, run_async, transform_async_cells
-from nbtrain.stages import STAGE_KEYS, Stage, parse_cell
-from nbtrain.views import epoch_log, frontend
+from nbtrain.core.stages import STAGE_KEYS, Stage, StageError
+from nbtrain.fit_job import PREPARERS, FitJob, run_async, transform_async_cells
+from nbtrain.stages import parse_cell
+from nbtrain.views import frontend, show
 
 __all__ = [
     "NbtrainMagics",
@@ -38,32 +38,6 @@ LEARNER_HINT = "Learner.pretrained(data)"
 
 
 # ------------------------------------------------------------------------ magics
-class _SweepProgress:
-    """A bar for the range test, displayed at its first step (so a rejected call shows
-    nothing) and updated at most every 0.2 s (a comm message costs more than a step)."""
-
-    def __init__(self, iters: int) -> None:
-        self.iters = max(iters, 1)
-        self.handle: Any = None
-        self.bar: Any = None
-        self._last = -1.0
-
-    def on_step(self, i: int, lr: float, loss: float) -> None:
-        import time
-
-        now = time.perf_counter()
-        if now - self._last < 0.2:
-            return
-        self._last = now
-        if self.bar is None:
-            import ipywidgets as W
-
-            self.bar = W.IntProgress(value=0, min=0, max=self.iters, description="lr_find")
-            self.bar.add_class("nbtrain-lr-progress")
-            self.handle = display(self.bar, display_id=True)
-        self.bar.value = i + 1
-
-
 def _exclusive(line: str, *groups: tuple[str, ...]) -> None:
     """Refuse options that contradict each other (argparse would let the last one win)."""
     words = {word.partition("=")[0] for word in line.split()}
@@ -160,9 +134,8 @@ class NbtrainMagics(Magics):
             raise UsageError(f"{what} must be a whole number, got {value!r}")
         return value
 
-    def _show(self, kind: str, view: Any) -> Any:
-        self.last[kind] = view
-        return display(view, display_id=True)
+    def _widgets(self) -> bool:
+        return frontend.use_widgets(self.shell)
 
     # ---- %lr_find ----------------------------------------------------------------------
     @no_var_expand
@@ -203,35 +176,21 @@ class NbtrainMagics(Magics):
         into = _identifier(args.into, "--into")
         if isinstance(self.shell.user_ns.get(into), Learner):
             raise UsageError(f"--into {into} would overwrite a Learner; name another variable")
-        start = self._ev(args.start, "--start")
-        end = self._ev(args.end, "--end")
-        iters = self._int(args.iters, "--iters")
-        seed = self._int(args.seed, "--seed")
+        start, end = self._ev(args.start, "--start"), self._ev(args.end, "--end")
         if not isinstance(end, int | float) or isinstance(end, bool):
             raise UsageError(f"--end must be a number, got {end!r}")
-        widgets = frontend.use_widgets(self.shell)
-        progress = _SweepProgress(int(iters)) if widgets else None
+        iters, seed = self._int(args.iters, "--iters"), self._int(args.seed, "--seed")
+        widgets = self._widgets()
+        sweep = show.SweepProgress(iters or 0) if widgets else None
         try:
             result = learn.lr_find(
-                start, float(end), iters, seed=seed, on_step=progress.on_step if progress else None
+                start, float(end), iters, seed=seed, on_step=sweep.on_step if sweep else None
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        if widgets:
-            from nbtrain.views.lr_plot import LRFinderPlot
-
-            view = LRFinderPlot(result, namespace=self.shell.user_ns, into=into)
-            self.last["lr_find"] = view
-            if progress is not None and progress.handle is not None:
-                progress.handle.update(view)  # the sweep's bar becomes the plot, in place
-            else:
-                display(view)
-            return
-        from nbtrain.views.lr_plot import LRFinderReport
-
-        if result.suggestion is not None:
-            self.shell.user_ns[into] = result.suggestion
-        self._show("lr_find", LRFinderReport(result, result.suggestion, into))
+        self.last["lr_find"] = show.lr_finder(
+            result, self.shell.user_ns, into, widgets=widgets, sweep=sweep
+        )
 
     # ---- %fit_cycles / %%fit_cycles ----------------------------------------------------
     @no_var_expand
@@ -332,124 +291,64 @@ class NbtrainMagics(Magics):
             job.finish(error)
 
     def prepare_fit(self, line: str, cell: str | None) -> FitJob:
-        """Parse, evaluate and check every stage, then display the view (nothing runs)."""
+        """Parse the line and cell, plan every stage on the learner (which checks them)
+        and display the view: nothing runs yet."""
+        learn, wheres, stages = self.parse_fit(line, cell)
+        try:
+            plan = learn.plan_stages(stages)
+        except StageError as exc:
+            raise UsageError(f"{wheres[exc.index]}: {exc.reason}") from None
+        view, handle, listeners = show.fit_progress(plan, learn, widgets=self._widgets())
+        self.last["fit_cycles"] = view
+        return FitJob(learn, plan, view, handle, listeners=listeners)
+
+    def parse_fit(self, line: str, cell: str | None) -> tuple[Learner, list[str], list[Stage]]:
+        """The learner, and each stage with where it was written (``"line 3"``), its
+        expressions evaluated in the user's namespace (not yet checked against the
+        learner)."""
         args = self._parse(self.fit_cycles, line)
         _exclusive(
             line, ("--precompute", "--no-precompute"), ("--unfreeze", "--freeze", "--freeze-to")
         )
         learn = self._learner(args.learner)
-        defaults = {
-            key: value
-            for key, value in (
-                ("lr", args.lr),
-                ("cycles", args.cycles),
-                ("cycle_len", args.cycle_len),
-                ("cycle_mult", args.cycle_mult),
-                ("size", args.size),
-                ("precompute", args.precompute),
-                ("seed", args.seed),
-                ("freeze_to", args.freeze_to),
-            )
-            if value is not None
-        }
-        raw_stages = [("%fit_cycles", {})] if cell is None else parse_cell(cell)
-        stages = []
+        defaults = {key: getattr(args, key) for key in STAGE_KEYS}
+        raw_stages = [("%fit_cycles", {})] if cell is None else self._cell(cell)
+        wheres, stages = [], []
         for i, (where, raw) in enumerate(raw_stages):
             # --seed seeds the run once: later stages go on from where the RNGs are (the
             # same seed in every stage would repeat each stage's first batches)
-            shared = {k: v for k, v in defaults.items() if not (k == "seed" and i > 0)}
-            stages.append(self._stage(learn, {**shared, **raw}, where))
-        labels = [stage.label() for stage in stages]
-        plans = [stage.plan for stage in stages]
-        if frontend.use_widgets(self.shell):
-            from nbtrain.views.progress import ProgressView
+            shared = {
+                k: v for k, v in defaults.items() if v is not None and not (k == "seed" and i)
+            }
+            wheres.append(where)
+            stages.append(self._stage({**shared, **raw}, where))
+        return learn, wheres, stages
 
-            view: Any = ProgressView(plans, labels=labels, learn=learn, title="fit_cycles")
-            handle = self._show("fit_cycles", view)
-        else:
-            from nbtrain.views.text import TextProgress
+    @staticmethod
+    def _cell(cell: str) -> list[tuple[str, dict[str, str]]]:
+        try:
+            return parse_cell(cell)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
-            view, handle = TextProgress(plans, labels=labels, title="fit_cycles"), None
-            self.last["fit_cycles"] = view
-        log = epoch_log.from_env(plans, labels=labels, title="fit_cycles")  # the main job's
-        return FitJob(learn, stages, view, handle, listeners=[log] if log is not None else [])
-
-    def _stage(self, learn: Learner, raw: dict[str, str], where: str) -> Stage:
-        """Evaluate one stage's expressions and check them against ``learn``."""
-
-        def ev(key: str) -> Any:
-            return self._ev(raw[key], f"{where}: {key}") if key in raw else None
-
+    def _stage(self, raw: dict[str, str], where: str) -> Stage:
+        """One stage from its raw expressions, evaluated in the user's namespace."""
         if "lr" not in raw and "lr" not in self.shell.user_ns:
             raise UsageError(
                 f"{where}: no rate given and no variable lr; pass lr=... (--lr), "
                 "or run %lr_find first"
             )
-        lr = ev("lr") if "lr" in raw else self.shell.user_ns["lr"]
-        values = {key: ev(key) for key in STAGE_KEYS if key != "lr"}
-        for key in ("cycles", "cycle_len", "cycle_mult", "size", "seed", "freeze_to"):
-            value = values[key]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise UsageError(f"{where}: {key} must be a whole number, got {value!r}")
+        values = {key: self._ev(expr, f"{where}: {key}") for key, expr in raw.items()}
+        if "lr" not in values:
+            values["lr"] = self.shell.user_ns["lr"]
         try:
-            plan = learn.plan(
-                lr,
-                *(
-                    1 if values[k] is None else values[k]
-                    for k in ("cycles", "cycle_len", "cycle_mult")
-                ),
-            )
-            self._check_stage(learn, values)
+            return Stage(**values)
         except ValueError as exc:
             raise UsageError(f"{where}: {exc}") from None
-        return Stage(
-            lr=plan.lrs,
-            plan=plan,
-            cycles=plan.cycles,
-            cycle_len=plan.cycle_len,
-            cycle_mult=plan.cycle_mult,
-            size=values["size"],
-            precompute=values["precompute"],
-            seed=values["seed"],
-            freeze_to=values["freeze_to"],
-            where=where,
-        )
-
-    @staticmethod
-    def _check_stage(learn: Learner, values: dict[str, Any]) -> None:
-        """Raise ValueError for what would fail half-way through the run."""
-        n = learn.n_groups
-        freeze_to, size, precompute = values["freeze_to"], values["size"], values["precompute"]
-        if freeze_to is not None and not -n <= freeze_to < n:
-            raise ValueError(
-                f"freeze_to needs a group index in [{-n}, {n - 1}], got {freeze_to} "
-                "(at least the last group must train)"
-            )
-        if size is not None:
-            if not hasattr(learn.data, "set_size"):
-                raise ValueError(
-                    f"size needs image data; this learner's data "
-                    f"({type(learn.data).__name__}) has no set_size()"
-                )
-            if size < 1:
-                raise ValueError(f"size must be >= 1, got {size}")
-        if precompute is not None:
-            if not isinstance(precompute, bool):
-                raise ValueError(f"precompute must be True or False, got {precompute!r}")
-            if precompute and (reason := learn.precompute_unsupported()):
-                raise ValueError(f"precompute is not possible here: {reason}")
 
     # ---- layer groups ------------------------------------------------------------------
     def _show_layers(self, learn: Learner) -> None:
-        from nbtrain.views.freeze_panel import LayersReport, refresh_panels
-
-        refresh_panels(learn)
-        if frontend.use_widgets(self.shell):
-            from nbtrain.views.freeze_panel import FreezePanel
-
-            self._show("layers", FreezePanel(learn))
-        else:
-            self._show("layers", LayersReport(learn))
+        self.last["layers"] = show.layers(learn, widgets=self._widgets())
 
     @no_var_expand
     @magic_arguments()
@@ -548,7 +447,9 @@ def last_view(kind: str, shell: Any = None) -> Any:
 
 def load_ipython_extension(ip: Any) -> None:
     """Register the magics and the async rewrite of ``%fit_cycles`` cells."""
-    ip.register_magics(NbtrainMagics(ip))
+    magics = NbtrainMagics(ip)
+    ip.register_magics(magics)
+    PREPARERS["fit_cycles"] = magics.prepare_fit
     if transform_async_cells not in ip.input_transformers_cleanup:
         ip.input_transformers_cleanup.append(transform_async_cells)
 
@@ -557,6 +458,8 @@ def unload_ipython_extension(ip: Any) -> None:
     """Remove what :func:`load_ipython_extension` added, and the front-end override."""
     manager = ip.magics_manager
     instance = manager.registry.pop("NbtrainMagics", None)
+    if instance is not None and PREPARERS.get("fit_cycles") == instance.prepare_fit:
+        del PREPARERS["fit_cycles"]
     for kind, names in NbtrainMagics.magics.items():
         for name in names:
             fn = manager.magics[kind].get(name)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,26 @@ from torch.utils.data import TensorDataset
 
 from nbtrain.core import groups as G
 from nbtrain.core.cpu import on_main_arena, tune_cpu
+from nbtrain.core.data import (
+    Augmenting,
+    Cacheable,
+    DataLoaders,
+    DataSource,
+    Labelled,
+    Preparing,
+    Reseedable,
+    Resizable,
+    TTAData,
+    as_data,
+    batch_size,
+)
 from nbtrain.core.events import Events
 from nbtrain.core.features import BodyHead, FeatureCache, Features
-from nbtrain.core.loop import fit
+from nbtrain.core.loop import fit, user_stacklevel
 from nbtrain.core.lr_range import LRRangeResult, run_lr_range
 from nbtrain.core.schedules import SGDRSchedule, resolve_lrs
 from nbtrain.core.snapshot import clone_state_dict
+from nbtrain.core.stages import LR, Plan, Stage, plan_stages
 from nbtrain.core.state import EpochRecord, Snapshot, TrainState, best_snapshot
 from nbtrain.core.stepper import (
     Metric,
@@ -36,16 +50,7 @@ from nbtrain.core.stepper import (
     to_device,
 )
 
-LR = float | Sequence[float] | slice
-
-
-@dataclass
-class DataLoaders:
-    """The minimal data a Learner needs: a training and a validation loader."""
-
-    train: Any
-    valid: Any
-    path: Path | None = None
+__all__ = ["LR", "DataLoaders", "Learner", "PrecomputeWarning", "seed_everything", "sgd_momentum"]
 
 
 def seed_everything(seed: int) -> None:
@@ -125,7 +130,7 @@ class Learner:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch nn.Module, got {type(model).__name__}")
-        self.data = _as_data(data)
+        self.data: DataSource = as_data(data)
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cpu":
             tune_cpu()  # keeps freed memory: 1.4-2x steadier, faster CPU epochs
@@ -147,6 +152,7 @@ class Learner:
         self.path = Path(path if path is not None else ".")
         self.model_dir = "models"
         self._running: TrainState | None = None
+        self._run_stop: threading.Event | None = None  # the running fit_stages' Stop
         self._precompute = False
         self._told_augment = False
         self.feature_cache = FeatureCache()
@@ -274,9 +280,9 @@ class Learner:
     def _precompute_unsupported(self) -> str | None:
         if not isinstance(self.model, BodyHead):
             return "the model is not a body + head (nbtrain.core.features.BodyHead)"
-        needed = ("fix", "file_signature", "eval_signature")
-        missing = [name for name in needed if not hasattr(self.data, name)]
-        if missing:
+        if not isinstance(self.data, Cacheable):
+            needed = ("fix", "file_signature", "eval_signature")
+            missing = [name for name in needed if not hasattr(self.data, name)]
             return f"the data has no {', '.join(missing)} to key a cache with"
         return None
 
@@ -295,10 +301,7 @@ class Learner:
     def features(self) -> Features:
         """The cached body activations for the current data, body and size (computed if
         needed; from memory or disk otherwise)."""
-        reason = self._precompute_unsupported()
-        if reason:
-            raise ValueError(f"precompute is not possible here: {reason}")
-        data = self.data
+        data = self._cacheable()
         return self.feature_cache.get(
             self.model.body,
             fix=data.fix,
@@ -309,8 +312,14 @@ class Learner:
             channels_last=self.channels_last,
         )
 
+    def _cacheable(self) -> Cacheable:
+        reason = self._precompute_unsupported()
+        if reason or not isinstance(self.data, Cacheable):
+            raise ValueError(f"precompute is not possible here: {reason}")
+        return self.data
+
     def _feature_parts(self) -> dict[str, str]:
-        data = self.data
+        data = self._cacheable()
         return {
             "train": data.file_signature("train"),
             "valid": data.file_signature("valid"),
@@ -332,7 +341,7 @@ class Learner:
         key = self.feature_cache.key(self.model.body, self._feature_parts())
         found = self.feature_cache.valid_features(key)
         if found is not None:
-            bs = getattr(self.data, "bs", None) or self.data.valid.batch_size
+            bs = batch_size(self.data, self.data.valid)
             return self.model.head, TorchLoader(TensorDataset(*found), batch_size=bs)
         if self.train_bn and not self.bn_frozen:  # frozen BatchNorm still updates its stats
             return None
@@ -360,7 +369,7 @@ class Learner:
         """The module to run and the loaders to run it on: the whole model on images,
         or, with precompute and a frozen body, the head on cached activations."""
         if self.uses_cache:
-            bs = getattr(self.data, "bs", None) or self.data.train.batch_size
+            bs = batch_size(self.data, self.data.train)
             train, valid = self.features().loaders(bs)
             return self.model.head, train, valid
         return self.model, self.data.train, self.data.valid
@@ -383,15 +392,13 @@ class Learner:
         self, lr: LR, cycles: int = 1, cycle_len: int = 1, cycle_mult: int = 1
     ) -> SGDRSchedule:
         """The SGDR schedule ``fit_cycles`` would follow (draw it before training)."""
-        return SGDRSchedule(
-            lrs=self.resolve_lrs(lr),
-            iters_per_epoch=self.iters_per_epoch(),
-            cycles=cycles,
-            cycle_len=cycle_len,
-            cycle_mult=cycle_mult,
-        )
+        return self.plan_stages([Stage(lr, cycles, cycle_len, cycle_mult)]).schedules[0]
 
-    @on_main_arena
+    def plan_stages(self, stages: Sequence[Stage]) -> Plan:
+        """Check every stage against this learner and plan its schedule (nothing runs,
+        nothing changes); see :func:`nbtrain.core.stages.plan_stages`."""
+        return plan_stages(self, stages)
+
     def fit_cycles(
         self,
         lr: LR,
@@ -421,59 +428,113 @@ class Learner:
             Objects with ``on_<event>`` methods, subscribed for this fit only.
 
         Returns the fit's :class:`TrainState` (also in ``learn.fits``). Every cycle's end
-        weights are kept in ``learn.snapshots``.
+        weights are kept in ``learn.snapshots``. One stage of :meth:`fit_stages`.
         """
-        schedule = self.plan(lr, cycles, cycle_len, cycle_mult)
-        if not any(self.trainable):
+        stage = Stage(lr, cycles, cycle_len, cycle_mult, seed=seed)
+        states = self.fit_stages([stage], save_snapshots=save_snapshots, listeners=listeners)
+        return states[0]
+
+    @on_main_arena
+    def fit_stages(
+        self,
+        stages: Sequence[Stage] | Plan,
+        *,
+        save_snapshots: str | None = None,
+        listeners: Sequence[object] = (),
+    ) -> list[TrainState]:
+        """Run SGDR stages in order, each one fit (see :class:`~nbtrain.core.stages.Stage`).
+
+        Every stage is checked before the first one runs (a :class:`Plan` from
+        :meth:`plan_stages` is checked again: it must still fit this learner). Before
+        each stage its freeze state, size and precompute are applied, then it trains;
+        a stage that does not end ``done`` (stopped, diverged) ends the run, and
+        :meth:`request_stop` between two stages stops it before the next. Listeners see
+        every stage's events; ``state.plan`` and ``state.stage`` say where it is in the
+        run. Returns the state of every stage that ran (each also in ``learn.fits``).
+        """
+        plan = stages if isinstance(stages, Plan) else self.plan_stages(stages)
+        if isinstance(stages, Plan) and self.plan_stages(plan.stages) != plan:
             raise ValueError(
-                "every layer group is frozen; unfreeze one (e.g. learn.freeze()) to train"
+                "the plan no longer fits this learner (other data or layer groups); "
+                "plan the stages again"
             )
+        stop = threading.Event()
+        unsubscribe = [self.events.subscribe(listener) for listener in listeners]
+        self._run_stop = stop
+        states: list[TrainState] = []
+        try:
+            for index, (stage, schedule) in enumerate(
+                zip(plan.stages, plan.schedules, strict=True)
+            ):
+                if stop.is_set():
+                    break
+                self._apply(stage)
+                state = TrainState(
+                    schedule=schedule, fit=len(self.fits), plan=plan, stage=index, _stop=stop
+                )
+                states.append(self._fit(state, seed=stage.seed, save_snapshots=save_snapshots))
+                if state.status != "done":
+                    break
+        finally:
+            self._run_stop = None
+            for undo in unsubscribe:
+                undo()
+        return states
+
+    def _apply(self, stage: Stage) -> None:
+        """What a stage changes before it trains."""
+        if stage.freeze_to is not None:
+            self.freeze_to(stage.freeze_to)
+        if stage.size is not None:
+            self.set_size(stage.size)
+        if stage.precompute is not None:
+            self.precompute = stage.precompute
+
+    def _fit(
+        self, state: TrainState, *, seed: int | None, save_snapshots: str | None
+    ) -> TrainState:
         self._seed(seed)
-        if self.uses_cache and getattr(self.data, "augment", False) and not self._told_augment:
+        self.fits.append(state)
+        self._running = state
+        augments = isinstance(self.data, Augmenting) and self.data.augment
+        if self.uses_cache and augments and not self._told_augment:
             self._told_augment = True  # once per learner: the checklist starts this way
             warnings.warn(
                 "precompute is on, so the head trains on cached activations of "
                 "un-augmented images and augmentation has no effect; set "
                 "learn.precompute = False to train with augmentation",
                 PrecomputeWarning,
-                stacklevel=3,  # the caller of fit_cycles, past @on_main_arena
+                stacklevel=user_stacklevel(),
             )
-        model, train, valid = self._training_inputs()
-        state = TrainState(schedule=schedule, fit=len(self.fits))
-        self.fits.append(state)
-
-        def keep(snapshot: Snapshot) -> None:
-            snapshot.fit = state.fit
-            if model is not self.model:  # a head on cached activations: keep the whole model
-                snapshot.state_dict = clone_state_dict(self.model, device="cpu")
-            self.snapshots.append(snapshot)
-            if save_snapshots:
-                self.save(f"{save_snapshots}_cyc_{snapshot.cycle}", with_opt=False)
-
-        unsubscribe = [self.events.subscribe(listener) for listener in listeners]
-        self._running = state
         try:
+            model, train, valid = self._training_inputs()
+
+            def keep(snapshot: Snapshot) -> None:
+                snapshot.fit = state.fit
+                if model is not self.model:  # a head on cached activations: the whole model
+                    snapshot.state_dict = clone_state_dict(self.model, device="cpu")
+                self.snapshots.append(snapshot)
+                if save_snapshots:
+                    self.save(f"{save_snapshots}_cyc_{snapshot.cycle}", with_opt=False)
+
             return fit(
                 self._stepper(model),
                 train,
                 valid,
-                schedule,
+                state.schedule,
                 events=self.events,
                 state=state,
                 on_snapshot=keep,
             )
         finally:
             self._running = None
-            for undo in unsubscribe:
-                undo()
 
     def _seed(self, seed: int | None) -> None:
         if seed is None:
             return
         seed_everything(seed)
-        reseed = getattr(self.data, "reseed", None)
-        if reseed is not None:  # data with its own generator (e.g. ImageData's shuffling)
-            reseed(seed)
+        if isinstance(self.data, Reseedable):  # its own generators (e.g. ImageData's shuffling)
+            self.data.reseed(seed)
 
     @property
     def running(self) -> TrainState | None:
@@ -481,10 +542,15 @@ class Learner:
         return self._running
 
     def request_stop(self) -> bool:
-        """Stop the running fit at the next batch boundary; False if none is running."""
-        if self._running is None:
+        """Stop the running fit at the next batch boundary, and the stages after it;
+        False if none is running."""
+        running, run_stop = self._running, self._run_stop
+        if running is None and run_stop is None:
             return False
-        self._running.request_stop()
+        if running is not None:
+            running.request_stop()
+        if run_stop is not None:
+            run_stop.set()
         return True
 
     @property
@@ -547,11 +613,10 @@ class Learner:
         """
         if not tta:
             return self.validate()
-        views = getattr(self.data, "tta_loaders", None)
-        if views is None:
+        if not isinstance(self.data, TTAData):
             raise ValueError("test-time augmentation needs data with tta_loaders()")
         probs, targets = None, None
-        loaders = views()
+        loaders = self.data.tta_loaders()
         for loader in loaders:
             p, y = self.get_preds(loader)
             probs = p if probs is None else probs + p
@@ -590,8 +655,7 @@ class Learner:
     def predict(self, item: Any) -> tuple[Any, torch.Tensor]:
         """Class and probabilities for one input: an image path or PIL image when the
         data knows how to prepare one (``data.prepare``), else an input tensor."""
-        prepare = getattr(self.data, "prepare", None)
-        x = prepare(item) if prepare is not None else item
+        x = self.data.prepare(item) if isinstance(self.data, Preparing) else item
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"cannot predict on a {type(item).__name__}; give an input tensor")
         was_training = self.model.training
@@ -604,15 +668,19 @@ class Learner:
             self.model.train(was_training)
         probs = out.softmax(dim=-1)[0].cpu()
         index = int(probs.argmax())
-        classes = getattr(self.data, "classes", None)
+        classes = self.data.classes if isinstance(self.data, Labelled) else None
         return (classes[index] if classes else index), probs
 
     def set_size(self, size: int) -> None:
         """Progressive resizing: later fits use ``size`` px images. Freeze state and
         optimizer (momentum included) are kept; a precompute cache is keyed by size."""
-        if not hasattr(self.data, "set_size"):
+        if not isinstance(self.data, Resizable):
             raise ValueError("this learner's data has no set_size(); it is not image data")
         self.data.set_size(size)
+
+    def can_resize(self) -> bool:
+        """Whether the data can change its image size (:meth:`set_size`)."""
+        return isinstance(self.data, Resizable)
 
     # ---- checkpoints --------------------------------------------------------------
     def _checkpoint_path(self, name: str | os.PathLike) -> Path:
@@ -692,8 +760,7 @@ class Learner:
                 raise ValueError("no snapshot has a finite validation figure to rank by")
         elif isinstance(index, bool) or not isinstance(index, int):
             raise ValueError(
-                f"a snapshot index is a whole number, got {index!r} (or 'best', or fit= "
-                "and cycle=)"
+                f"a snapshot index is a whole number, got {index!r} (or 'best', or fit= and cycle=)"
             )
         else:
             count = len(self.snapshots)
@@ -747,14 +814,3 @@ def check_state_dict(model: nn.Module, state: dict, *, source: str) -> None:
                 f"vs {tuple(own[k].shape)})"
             )
         raise ValueError(f"{source} does not fit this model: " + "; ".join(parts))
-
-
-def _as_data(data: Any) -> Any:
-    if isinstance(data, tuple) and len(data) == 2:
-        return DataLoaders(*data)
-    if not hasattr(data, "train") or not hasattr(data, "valid"):
-        raise ValueError(
-            "data must have .train and .valid DataLoaders (or be a (train, valid) pair), "
-            f"got {type(data).__name__}"
-        )
-    return data

@@ -16,6 +16,8 @@ How a fit ends (``state.status``):
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -66,29 +68,11 @@ def fit(
     events = events or Events()
     state = state or TrainState(schedule=schedule)
     state.schedule = schedule
-    smooth = SmoothedLoss()
-    last_good = TrainingSnapshot.capture(
-        stepper.model, stepper.optimizer, stepper.scaler, rng=False
-    )
-    start = clock()
-    guard = InterruptGuard(on_interrupt=state.request_stop)
+    run = _Run(stepper, train, valid, events, state, on_snapshot, clock)
     events.emit("fit_start", state)
     try:
-        with guard:
-            _run(
-                stepper,
-                train,
-                valid,
-                schedule,
-                events,
-                state,
-                smooth,
-                guard,
-                on_snapshot,
-                clock,
-                start,
-                last_good,
-            )
+        with run.guard:
+            run.epochs()
     except KeyboardInterrupt:
         _drop_grads(stepper)
         state.status = "interrupted"
@@ -99,101 +83,148 @@ def fit(
         state.status = "failed"
         raise
     finally:
-        state.elapsed = clock() - start
+        state.elapsed = clock() - run.start
         events.emit("fit_end", state)
     if state.status == "interrupted":  # a SIGINT caught by the guard
         raise KeyboardInterrupt(state.message)
     return state
 
 
-def _run(
-    stepper: Stepper,
-    train: Iterable[Any],
-    valid: Iterable[Any] | None,
-    schedule: SGDRSchedule,
-    events: Events,
-    state: TrainState,
-    smooth: SmoothedLoss,
-    guard: InterruptGuard,
-    on_snapshot: Callable[[Snapshot], None] | None,
-    clock: Callable[[], float],
-    start: float,
-    last_good: TrainingSnapshot,
-) -> None:
-    ends = set(schedule.cycle_end_epochs)
-    it = 0
-    stepper.set_train_mode()
-    for epoch in range(schedule.epochs):
-        state.epoch, state.cycle = epoch, schedule.cycle_of(it)
-        if it in schedule.cycle_starts:
-            events.emit("cycle_start", state)
-        events.emit("epoch_start", state)
-        epoch_start, epoch_loss, n_batches = clock(), 0.0, 0
-        for batch_index, batch in enumerate(train):
+class _Run:
+    """One fit's loop over epochs and batches, and what it keeps between them."""
+
+    def __init__(
+        self,
+        stepper: Stepper,
+        train: Iterable[Any],
+        valid: Iterable[Any] | None,
+        events: Events,
+        state: TrainState,
+        on_snapshot: Callable[[Snapshot], None] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.stepper, self.train, self.valid = stepper, train, valid
+        self.events, self.state, self.on_snapshot, self.clock = events, state, on_snapshot, clock
+        self.schedule = state.schedule
+        self.smooth = SmoothedLoss()
+        self.guard = InterruptGuard(on_interrupt=state.request_stop)
+        # The weights a divergence goes back to: the fit's start, then each epoch's end.
+        self.last_good = self._capture()
+        self.start = clock()
+
+    def _capture(self) -> TrainingSnapshot:
+        s = self.stepper
+        return TrainingSnapshot.capture(s.model, s.optimizer, s.scaler, rng=False)
+
+    def epochs(self) -> None:
+        """Every planned epoch; sets ``state.status`` unless an exception ends the fit."""
+        schedule, state, events = self.schedule, self.state, self.events
+        ends = set(schedule.cycle_end_epochs)
+        it = 0
+        self.stepper.set_train_mode()
+        for epoch in range(schedule.epochs):
+            state.epoch, state.cycle = epoch, schedule.cycle_of(it)
+            if it in schedule.cycle_starts:
+                events.emit("cycle_start", state)
+            events.emit("epoch_start", state)
+            epoch_start = self.clock()
+            n_batches, epoch_loss = self.batches(epoch, it)
+            if n_batches is None:
+                return  # diverged
+            it += n_batches
+            if state.stop_requested and n_batches < schedule.iters_per_epoch:
+                _stop(state, self.guard)
+                return
+            if n_batches < schedule.iters_per_epoch:
+                raise ValueError(
+                    f"the training loader gave {n_batches} batches, the plan expects "
+                    f"{schedule.iters_per_epoch} per epoch"
+                )
+            self.end_epoch(epoch, epoch_loss / max(n_batches, 1), self.clock() - epoch_start)
+            if epoch in ends:
+                self.end_cycle(epoch)
+            if state.stop_requested:
+                _stop(state, self.guard)
+                return
+        state.status = "done"
+
+    def batches(self, epoch: int, it: int) -> tuple[int | None, float]:
+        """One epoch's training batches from iteration ``it``: how many ran and their
+        summed loss; ``(None, ...)`` when the loss diverged (the last good weights are
+        back and ``state`` says so)."""
+        schedule, state, events = self.schedule, self.state, self.events
+        n_batches, epoch_loss = 0, 0.0
+        for batch_index, batch in enumerate(self.train):
             if batch_index >= schedule.iters_per_epoch:
                 break
-            state.it, state.batch, state.lrs = it, batch_index, schedule.lrs_at(it)
+            state.it, state.lrs = it, schedule.lrs_at(it)
             events.emit("batch_start", state)
-            loss = stepper.train_step(batch, state.lrs, guard)
+            loss = self.stepper.train_step(batch, state.lrs, self.guard)
             if not math.isfinite(loss):
-                last_good.restore(stepper.model, stepper.optimizer, stepper.scaler, rng=False)
+                s = self.stepper
+                self.last_good.restore(s.model, s.optimizer, s.scaler, rng=False)
                 state.status = "diverged"
                 state.message = (
                     f"loss became {loss} at iteration {it + 1} (epoch {epoch + 1}); "
                     f"restored the weights from {_last_good_label(epoch)}; try a lower rate"
                 )
-                warnings.warn(state.message, DivergedWarning, stacklevel=3)
-                return
+                warnings.warn(state.message, DivergedWarning, stacklevel=user_stacklevel())
+                return None, epoch_loss
             it += 1
             n_batches += 1
             epoch_loss += loss
-            state.it, state.loss, state.smooth_loss = it, loss, smooth.update(loss)
-            state.losses.append(loss)
-            state.elapsed = clock() - start
+            state.it, state.loss, state.smooth_loss = it, loss, self.smooth.update(loss)
+            state.elapsed = self.clock() - self.start
             events.emit("batch_end", state)
             if state.stop_requested:
                 break
-        if state.stop_requested and n_batches < schedule.iters_per_epoch:
-            _stop(state, guard)
-            return
-        if n_batches < schedule.iters_per_epoch:
-            raise ValueError(
-                f"the training loader gave {n_batches} batches, the plan expects "
-                f"{schedule.iters_per_epoch} per epoch"
-            )
-        valid_loss, metrics = stepper.validate(valid) if valid is not None else (None, {})
+        return n_batches, epoch_loss
+
+    def end_epoch(self, epoch: int, train_loss: float, seconds: float) -> None:
+        """Validate, record the epoch, and keep its weights as the last good ones."""
+        state = self.state
+        valid = self.valid
+        valid_loss, metrics = self.stepper.validate(valid) if valid is not None else (None, {})
         state.valid_loss, state.metrics = valid_loss, metrics
-        record = EpochRecord(
-            epoch=epoch,
-            cycle=state.cycle,
-            train_loss=epoch_loss / max(n_batches, 1),
-            valid_loss=valid_loss,
-            metrics=metrics,
-            seconds=clock() - epoch_start,
-            lrs=state.lrs,
+        state.history.append(
+            EpochRecord(
+                epoch=epoch,
+                cycle=state.cycle,
+                train_loss=train_loss,
+                valid_loss=valid_loss,
+                metrics=metrics,
+                seconds=seconds,
+                lrs=state.lrs,
+            )
         )
-        state.history.append(record)
-        state.elapsed = clock() - start
-        events.emit("epoch_end", state)
-        last_good = TrainingSnapshot.capture(
-            stepper.model, stepper.optimizer, stepper.scaler, rng=False
-        )
-        if epoch in ends:
-            if on_snapshot is not None:
-                on_snapshot(
-                    Snapshot(
-                        cycle=state.cycle,
-                        epoch=epoch,
-                        valid_loss=valid_loss,
-                        metrics=dict(metrics),
-                        state_dict=clone_state_dict(stepper.model, device="cpu"),
-                    )
+        state.elapsed = self.clock() - self.start
+        self.events.emit("epoch_end", state)
+        self.last_good = self._capture()
+
+    def end_cycle(self, epoch: int) -> None:
+        """The cycle's snapshot: its weights (on the CPU) and validation figures."""
+        state = self.state
+        if self.on_snapshot is not None:
+            self.on_snapshot(
+                Snapshot(
+                    cycle=state.cycle,
+                    epoch=epoch,
+                    valid_loss=state.valid_loss,
+                    metrics=dict(state.metrics),
+                    state_dict=clone_state_dict(self.stepper.model, device="cpu"),
                 )
-            events.emit("cycle_end", state)
-        if state.stop_requested:
-            _stop(state, guard)
-            return
-    state.status = "done"
+            )
+        self.events.emit("cycle_end", state)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` of a warning for the first caller outside nbtrain's core (so
+    the warning names the user's line, however many core frames lie between)."""
+    core = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == core:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _stop(state: TrainState, guard: InterruptGuard) -> None:

@@ -6,9 +6,12 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbtrain.core.schedules import SGDRSchedule
+
+if TYPE_CHECKING:
+    from nbtrain.core.stages import Plan
 
 
 @dataclass
@@ -94,24 +97,26 @@ class TrainState:
 
     ``it`` counts finished iterations of this fit (0-based index of the current batch
     while it runs), ``epoch`` and ``cycle`` are 0-based; ``fit`` is this fit's index in
-    ``learn.fits`` (-1 outside a Learner). ``lrs`` holds the rate of every
+    ``learn.fits`` (-1 outside a Learner). ``plan`` is the whole run this fit is stage
+    ``stage`` (0-based) of, when it runs under ``learn.fit_stages``: views read the run's
+    schedules there at the first ``fit_start``. ``lrs`` holds the rate of every
     layer group for the current iteration. ``smooth_loss`` is the debiased exponential
     moving average (beta 0.98) of the training loss.
     """
 
     schedule: SGDRSchedule
     fit: int = -1
+    plan: Plan | None = field(default=None, repr=False)
+    stage: int = 0
     it: int = 0
     epoch: int = 0
     cycle: int = 0
-    batch: int = 0
     lrs: tuple[float, ...] = ()
     loss: float = math.nan
     smooth_loss: float = math.nan
     valid_loss: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[EpochRecord] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
     elapsed: float = 0.0
     status: str = "running"  # running | done | stopped | interrupted | diverged | failed
     message: str = ""

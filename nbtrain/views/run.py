@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nbtrain.core.schedules import SGDRSchedule
+from nbtrain.core.stages import Plan, Stage
 from nbtrain.core.state import TrainState, validation_score
 from nbtrain.views.format import (
     best_text,
@@ -22,6 +23,26 @@ from nbtrain.views.format import (
 )
 
 
+def stage_label(stage: Stage, schedule: SGDRSchedule) -> str:
+    """``unfreeze, size 64: 3 cycles of 1 + 2 + 4 epochs = 7 epochs, ...``."""
+    changes = []
+    if stage.freeze_to is not None:
+        changes.append(
+            {0: "unfreeze", -1: "freeze"}.get(stage.freeze_to, f"freeze_to {stage.freeze_to}")
+        )
+    if stage.size is not None:
+        changes.append(f"size {stage.size}")
+    if stage.precompute is not None:
+        changes.append(f"precompute {'on' if stage.precompute else 'off'}")
+    head = ", ".join(changes)
+    return f"{head}: {plan_summary(schedule)}" if head else plan_summary(schedule)
+
+
+def plan_labels(plan: Plan) -> list[str]:
+    """A label per stage of ``plan``."""
+    return [stage_label(st, sc) for st, sc in zip(plan.stages, plan.schedules, strict=True)]
+
+
 class RunTracker:
     """Run-wide counters over the stages of one display.
 
@@ -29,7 +50,8 @@ class RunTracker:
     ----------
     plans
         The planned schedule of every stage, in order. A fit beyond them (a view used
-        as a plain listener of several ``fit_cycles`` calls) appends its own schedule.
+        as a plain listener of ``fit_stages`` or ``fit_cycles`` calls) appends the
+        schedules of its run (``state.plan``, from the stage it is on).
     labels
         A short description of each stage (default: its plan summary).
     """
@@ -94,8 +116,13 @@ class RunTracker:
     def start_stage(self, state: TrainState) -> None:
         self.stage += 1
         if self.stage >= len(self.plans):
-            self.plans.append(state.schedule)
-            self.labels.append(plan_summary(state.schedule))
+            plan = state.plan
+            if plan is not None and plan.schedules[state.stage] is state.schedule:
+                self.plans.extend(plan.schedules[state.stage :])
+                self.labels.extend(plan_labels(plan)[state.stage :])
+            else:
+                self.plans.append(state.schedule)
+                self.labels.append(plan_summary(state.schedule))
         self.states.append(state)
         self._recount()
 
