@@ -92,7 +92,7 @@ def routed_warnings(note: Callable[[str], None]) -> Iterator[None]:
 
         def show(
             message: Any,
-            category: type,
+            category: type[Warning],
             filename: str,
             lineno: int,
             file: Any = None,

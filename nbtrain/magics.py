@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.utils.process import arg_split
@@ -62,6 +63,18 @@ class NbtrainMagics(Magics):
         self.last: dict[str, Any] = {}  # the last view each magic showed (tests, notebooks)
 
     # ---- helpers ---------------------------------------------------------------------
+    @property
+    def ip(self) -> InteractiveShell:
+        """The shell the magics are registered with."""
+        if self.shell is None:
+            raise UsageError("nbtrain's magics need an IPython shell; run %load_ext nbtrain")
+        return self.shell
+
+    @property
+    def ns(self) -> dict[str, Any]:
+        """The user's namespace."""
+        return self.ip.user_ns
+
     def _parse(self, magic: Callable, line: str) -> Any:
         try:
             args = parse_argstring(magic, line)
@@ -70,9 +83,8 @@ class NbtrainMagics(Magics):
             text = str(exc)
             if "unrecognized arguments" in text:
                 unknown = [w for w in text.split(":", 1)[1].split() if w.startswith("--")]
-                known = [
-                    o for a in magic.parser._actions for o in a.option_strings if o.startswith("--")
-                ]
+                parser = magic.parser  # type: ignore[attr-defined]  # from @magic_arguments
+                known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
                 close = [
                     difflib.get_close_matches(w.replace("_", "-"), known, n=1) for w in unknown
                 ]
@@ -89,7 +101,7 @@ class NbtrainMagics(Magics):
         return args
 
     def _learner(self, name: str) -> Learner:
-        ns = self.shell.user_ns
+        ns = self.ns
         if not name.isidentifier():
             raise UsageError(f"{name!r} is not a variable name; give the name of a Learner")
         if name not in ns:
@@ -120,7 +132,7 @@ class NbtrainMagics(Magics):
         ):
             expr = expr[1:-1]
         try:
-            return self.shell.ev(expr)
+            return self.ip.ev(expr)
         except Exception as exc:
             raise UsageError(
                 f"{what}: cannot evaluate {expr!r}: {type(exc).__name__}: {exc}"
@@ -174,7 +186,7 @@ class NbtrainMagics(Magics):
         args = self._parse(self.lr_find, line)
         learn = self._learner(args.learner)
         into = _identifier(args.into, "--into")
-        if isinstance(self.shell.user_ns.get(into), Learner):
+        if isinstance(self.ns.get(into), Learner):
             raise UsageError(f"--into {into} would overwrite a Learner; name another variable")
         start, end = self._ev(args.start, "--start"), self._ev(args.end, "--end")
         if not isinstance(end, int | float) or isinstance(end, bool):
@@ -188,9 +200,7 @@ class NbtrainMagics(Magics):
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        self.last["lr_find"] = show.lr_finder(
-            result, self.shell.user_ns, into, widgets=widgets, sweep=sweep
-        )
+        self.last["lr_find"] = show.lr_finder(result, self.ns, into, widgets=widgets, sweep=sweep)
 
     # ---- %fit_cycles / %%fit_cycles ----------------------------------------------------
     @no_var_expand
@@ -333,14 +343,14 @@ class NbtrainMagics(Magics):
 
     def _stage(self, raw: dict[str, str], where: str) -> Stage:
         """One stage from its raw expressions, evaluated in the user's namespace."""
-        if "lr" not in raw and "lr" not in self.shell.user_ns:
+        if "lr" not in raw and "lr" not in self.ns:
             raise UsageError(
                 f"{where}: no rate given and no variable lr; pass lr=... (--lr), "
                 "or run %lr_find first"
             )
         values = {key: self._ev(expr, f"{where}: {key}") for key, expr in raw.items()}
         if "lr" not in values:
-            values["lr"] = self.shell.user_ns["lr"]
+            values["lr"] = self.ns["lr"]
         try:
             return Stage(**values)
         except ValueError as exc:

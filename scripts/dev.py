@@ -4,7 +4,7 @@
 Needs only python3 (3.10+):
 
     python3 scripts/dev.py run     # set up, then run the checklist notebook on offline data
-    python3 scripts/dev.py test    # set up, then lint (ruff) and run every test (pytest)
+    python3 scripts/dev.py test    # set up, lint (ruff), type-check (mypy), run every test (pytest)
     python3 scripts/dev.py lint    # set up, then lint only
 
 Extra arguments go to the job (``run``) or to pytest (``test``). The environment
@@ -92,6 +92,10 @@ def lint() -> None:
     sh(PY, "-m", "ruff", "check", *LINTED)
 
 
+def typecheck() -> None:
+    sh(PY, "-m", "mypy")  # what and how: [tool.mypy] in pyproject.toml
+
+
 def test(pytest_args: list[str]) -> int:
     t0 = time.monotonic()
     setup("test")
@@ -99,7 +103,8 @@ def test(pytest_args: list[str]) -> int:
     step("setup", t0)
     t1 = time.monotonic()
     lint()
-    step("lint", t1)
+    typecheck()
+    step("lint and type check", t1)
     t2 = time.monotonic()
     cmd = [str(PY), "-m", "pytest", *pytest_args]
     print("+", " ".join(cmd), flush=True)

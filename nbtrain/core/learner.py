@@ -303,9 +303,9 @@ class Learner:
         needed; from memory or disk otherwise)."""
         data = self._cacheable()
         return self.feature_cache.get(
-            self.model.body,
+            self._body_head().body,
             fix=data.fix,
-            valid=data.valid,
+            valid=self.data.valid,
             parts=self._feature_parts(),
             device=self.device,
             autocast=self._stepper().autocast,
@@ -317,6 +317,11 @@ class Learner:
         if reason or not isinstance(self.data, Cacheable):
             raise ValueError(f"precompute is not possible here: {reason}")
         return self.data
+
+    def _body_head(self) -> BodyHead:
+        if not isinstance(self.model, BodyHead):
+            raise ValueError("precompute is not possible here: the model is not a body + head")
+        return self.model
 
     def _feature_parts(self) -> dict[str, str]:
         data = self._cacheable()
@@ -338,14 +343,15 @@ class Learner:
             return None
         # The key hashes the body's weights and buffers now (~60 ms for 2,000 + 2,000
         # files), so an entry found is exact, and a changed body simply misses.
-        key = self.feature_cache.key(self.model.body, self._feature_parts())
+        model = self._body_head()
+        key = self.feature_cache.key(model.body, self._feature_parts())
         found = self.feature_cache.valid_features(key)
         if found is not None:
             bs = batch_size(self.data, self.data.valid)
-            return self.model.head, TorchLoader(TensorDataset(*found), batch_size=bs)
+            return model.head, TorchLoader(TensorDataset(*found), batch_size=bs)
         if self.train_bn and not self.bn_frozen:  # frozen BatchNorm still updates its stats
             return None
-        recording = self.feature_cache.record_valid(key, self.model.body, self.data.valid)
+        recording = self.feature_cache.record_valid(key, model.body, self.data.valid)
         return self.model, recording
 
     # ---- training -----------------------------------------------------------------
@@ -371,7 +377,7 @@ class Learner:
         if self.uses_cache:
             bs = batch_size(self.data, self.data.train)
             train, valid = self.features().loaders(bs)
-            return self.model.head, train, valid
+            return self._body_head().head, train, valid
         return self.model, self.data.train, self.data.valid
 
     def iters_per_epoch(self) -> int:
@@ -755,9 +761,10 @@ class Learner:
                 raise ValueError("give a snapshot index or fit= and cycle=, not both")
             snap = self._snapshot_of(fit, cycle)
         elif index == "best":
-            snap = self.best_snapshot()
-            if snap is None:
+            best = self.best_snapshot()
+            if best is None:
                 raise ValueError("no snapshot has a finite validation figure to rank by")
+            snap = best
         elif isinstance(index, bool) or not isinstance(index, int):
             raise ValueError(
                 f"a snapshot index is a whole number, got {index!r} (or 'best', or fit= and cycle=)"

@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import Any
 
 from nbtrain.core.events import Events
@@ -221,7 +222,8 @@ def user_stacklevel() -> int:
     """The ``stacklevel`` of a warning for the first caller outside nbtrain's core (so
     the warning names the user's line, however many core frames lie between)."""
     core = os.path.dirname(os.path.abspath(__file__))
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == core:
         frame, level = frame.f_back, level + 1
     return level

@@ -74,7 +74,7 @@ class Stage:
     :meth:`validate`.
     """
 
-    lr: float | tuple[float, ...] | slice
+    lr: LR
     cycles: int = 1
     cycle_len: int = 1
     cycle_mult: int = 1

@@ -210,7 +210,7 @@ class ProgressView(W.VBox):
     lrs = T.Tuple(help="each group's current rate")
     stop_requested = T.Bool(False, help="the Stop button was pressed")
     notes = T.List(T.Unicode(), help="warnings, one line each")
-    rows = T.List(help="one dict per finished epoch")
+    rows: T.List[dict[str, Any]] = T.List(help="one dict per finished epoch")
     redraws = T.Int(0, help="plot renders so far")
     display_seconds = T.Float(0.0, help="CPU seconds spent in this view during training")
 
@@ -344,7 +344,8 @@ class ProgressView(W.VBox):
         cost = self.cpu_clock()
         tr = self.tracker
         tr.end_epoch(state)
-        self._valid.append((tr.global_it(state), state.valid_loss))
+        if state.valid_loss is not None:  # None: a learner without validation data
+            self._valid.append((tr.global_it(state), state.valid_loss))
         self.rows = [*self.rows, tr.rows[-1]]
         self.table.value = html_table(tr.columns(), tr.cells, css="nbtrain-epochs")
         self._update_labels(state, self.clock())
@@ -366,7 +367,8 @@ class ProgressView(W.VBox):
         else:
             self._stale = True  # finish() draws it, after training
         self._spent(cost)
-        self._cpu_done += self.cpu_clock() - self._cpu_stage
+        if self._cpu_stage is not None:
+            self._cpu_done += self.cpu_clock() - self._cpu_stage
         self._cpu_stage = None
         self.display_seconds = self._seconds
 

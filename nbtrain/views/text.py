@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 from nbtrain.core.schedules import SGDRSchedule
 from nbtrain.core.state import TrainState
@@ -22,10 +22,18 @@ from nbtrain.views.frontend import in_kernel
 from nbtrain.views.run import RunTracker
 
 
+class Stream(Protocol):
+    """Where text goes: ``sys.stdout``, a file, the main job's epoch log."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class TextBlock:
     """Text/plain output that grows: one display handle in a kernel, else printed lines."""
 
-    def __init__(self, *, stream: TextIO | None = None, live: bool | None = None) -> None:
+    def __init__(self, *, stream: Stream | None = None, live: bool | None = None) -> None:
         self.lines: list[str] = []
         self.status = ""
         self.live = in_kernel() if live is None else live
@@ -84,7 +92,7 @@ class TextProgress:
         labels: Sequence[str] = (),
         title: str = "fit_cycles",
         status_interval: float = 2.0,
-        stream: TextIO | None = None,
+        stream: Stream | None = None,
         live: bool | None = None,
         eta: bool = False,
         clock: Callable[[], float] = time.perf_counter,
