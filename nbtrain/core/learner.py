@@ -37,9 +37,9 @@ from nbtrain.core.features import BodyHead, FeatureCache, Features
 from nbtrain.core.loop import fit, user_stacklevel
 from nbtrain.core.lr_range import LRRangeResult, run_lr_range
 from nbtrain.core.schedules import SGDRSchedule, resolve_lrs
-from nbtrain.core.snapshot import clone_state_dict
+from nbtrain.core.snapshot import check_state_dict, clone_state_dict
 from nbtrain.core.stages import LR, Plan, Stage, plan_stages
-from nbtrain.core.state import EpochRecord, Snapshot, TrainState, best_snapshot
+from nbtrain.core.state import EpochRecord, Snapshot, TrainState, best_snapshot, select_snapshot
 from nbtrain.core.stepper import (
     Metric,
     Stepper,
@@ -754,70 +754,6 @@ class Learner:
         into ``learn.fits`` and its cycles, from 0, or negative from the end; a stage
         of a ``%%fit_cycles`` cell is one fit).
         """
-        if not self.snapshots:
-            raise ValueError("no snapshots yet; they are taken at the end of each cycle")
-        if fit is not None or cycle is not None:
-            if index != -1:
-                raise ValueError("give a snapshot index or fit= and cycle=, not both")
-            snap = self._snapshot_of(fit, cycle)
-        elif index == "best":
-            best = self.best_snapshot()
-            if best is None:
-                raise ValueError("no snapshot has a finite validation figure to rank by")
-            snap = best
-        elif isinstance(index, bool) or not isinstance(index, int):
-            raise ValueError(
-                f"a snapshot index is a whole number, got {index!r} (or 'best', or fit= and cycle=)"
-            )
-        else:
-            count = len(self.snapshots)
-            if not -count <= index < count:
-                raise ValueError(
-                    f"no snapshot {index}; there are {count} (0..{count - 1}, or -1..-{count} "
-                    "from the end)"
-                )
-            snap = self.snapshots[index]
+        snap = select_snapshot(self.snapshots, len(self.fits), index, fit=fit, cycle=cycle)
         self.model.load_state_dict(snap.state_dict)
         return snap
-
-    def _snapshot_of(self, fit: int | None, cycle: int | None) -> Snapshot:
-        for name, value in (("fit", fit), ("cycle", cycle)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{name} is a whole number, got {value!r}")
-        fits = len(self.fits)
-        fit = -1 if fit is None else fit
-        if not -fits <= fit < fits:
-            raise ValueError(f"no fit {fit}; there are {fits} (0..{fits - 1}, or -1..-{fits})")
-        fit %= fits
-        of_fit = [s for s in self.snapshots if s.fit == fit]
-        if not of_fit:
-            raise ValueError(f"fit {fit} ended no cycle, so it left no snapshot")
-        cycle = -1 if cycle is None else cycle
-        count = len(of_fit)
-        if not -count <= cycle < count:
-            raise ValueError(
-                f"fit {fit} has snapshots of {count} "
-                f"{'cycle' if count == 1 else 'cycles'}; no cycle {cycle}"
-            )
-        return of_fit[cycle]
-
-
-def check_state_dict(model: nn.Module, state: dict, *, source: str) -> None:
-    """Raise one clear ValueError unless ``state`` has exactly ``model``'s keys and shapes."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or extra or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[0]})")
-        if extra:
-            parts.append(f"{len(extra)} unexpected (first: {extra[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"{len(wrong)} of another shape (first: {k} {tuple(state[k].shape)} "
-                f"vs {tuple(own[k].shape)})"
-            )
-        raise ValueError(f"{source} does not fit this model: " + "; ".join(parts))

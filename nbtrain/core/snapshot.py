@@ -123,3 +123,24 @@ class TrainingSnapshot:
             scaler.load_state_dict(_clone_tree(self.scaler_state))
         if rng and self.rng.python is not None:
             self.rng.restore()
+
+
+def check_state_dict(model: nn.Module, state: dict, *, source: str) -> None:
+    """Raise one clear ValueError unless ``state`` has exactly ``model``'s keys and shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or extra or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {missing[0]})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (first: {extra[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(
+                f"{len(wrong)} of another shape (first: {k} {tuple(state[k].shape)} "
+                f"vs {tuple(own[k].shape)})"
+            )
+        raise ValueError(f"{source} does not fit this model: " + "; ".join(parts))

@@ -91,6 +91,64 @@ def best_snapshot(snapshots: Sequence[Snapshot], metric: str | None = None) -> S
     return best
 
 
+def select_snapshot(
+    snapshots: Sequence[Snapshot],
+    n_fits: int,
+    index: int | str = -1,
+    *,
+    fit: int | None = None,
+    cycle: int | None = None,
+) -> Snapshot:
+    """The snapshot ``Learner.load_snapshot`` means: ``index`` into ``snapshots`` (``-1``
+    the last), ``"best"`` (:func:`best_snapshot`), or the end of cycle ``cycle`` of fit
+    ``fit`` (of ``n_fits``; both from 0, or negative from the end). ValueError, in one
+    line, for anything that names no snapshot."""
+    if not snapshots:
+        raise ValueError("no snapshots yet; they are taken at the end of each cycle")
+    if fit is not None or cycle is not None:
+        if index != -1:
+            raise ValueError("give a snapshot index or fit= and cycle=, not both")
+        return _snapshot_of(snapshots, n_fits, fit, cycle)
+    if index == "best":
+        best = best_snapshot(snapshots)
+        if best is None:
+            raise ValueError("no snapshot has a finite validation figure to rank by")
+        return best
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise ValueError(
+            f"a snapshot index is a whole number, got {index!r} (or 'best', or fit= and cycle=)"
+        )
+    count = len(snapshots)
+    if not -count <= index < count:
+        raise ValueError(
+            f"no snapshot {index}; there are {count} (0..{count - 1}, or -1..-{count} from the end)"
+        )
+    return snapshots[index]
+
+
+def _snapshot_of(
+    snapshots: Sequence[Snapshot], fits: int, fit: int | None, cycle: int | None
+) -> Snapshot:
+    for name, value in (("fit", fit), ("cycle", cycle)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} is a whole number, got {value!r}")
+    fit = -1 if fit is None else fit
+    if not -fits <= fit < fits:
+        raise ValueError(f"no fit {fit}; there are {fits} (0..{fits - 1}, or -1..-{fits})")
+    fit %= fits
+    of_fit = [s for s in snapshots if s.fit == fit]
+    if not of_fit:
+        raise ValueError(f"fit {fit} ended no cycle, so it left no snapshot")
+    cycle = -1 if cycle is None else cycle
+    count = len(of_fit)
+    if not -count <= cycle < count:
+        raise ValueError(
+            f"fit {fit} has snapshots of {count} "
+            f"{'cycle' if count == 1 else 'cycles'}; no cycle {cycle}"
+        )
+    return of_fit[cycle]
+
+
 @dataclass
 class TrainState:
     """What the loop knows at each event; views read it, only the loop writes it.
