@@ -49,7 +49,7 @@ NOTEBOOK = REPO / "notebooks" / "checklist.ipynb"
 SAVED_MARK = "nbtrain-job-saved:"
 JOB_CELL = "nbtrain_job"  # metadata key of the cell the job runs itself
 BEST_LINE = re.compile(r"best\b", re.IGNORECASE)
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+SIGNAL_EXIT: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 # nbclient logs these as errors; the job reports the same events in its own words
 REPORTED = ("Timeout waiting for execute reply", "Interrupting kernel", "Kernel died")
 
@@ -456,7 +456,11 @@ class NotebookJob:
                 f"interrupted ({o.detail}; {spent})"
             )
         if o.status == "interrupted":
-            name = "Ctrl-C" if o.signum == signal.SIGINT else signal.Signals(o.signum).name
+            name = (
+                "Ctrl-C"
+                if o.signum in (None, signal.SIGINT)
+                else signal.Signals(o.signum).name
+            )
             if not o.detail:  # between two cells
                 return f"interrupted by {name} after {cell} ({spent})"
             return f"interrupted by {name}: {cell} stopped ({o.detail}; {spent})"

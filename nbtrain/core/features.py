@@ -117,6 +117,7 @@ class FeatureCache:
         ``fix`` is the training set with the evaluation transform, in a fixed order.
         """
         key = self.key(body, parts)
+        feats: Features | None
         if key in self._memory:
             self.hits += 1
             feats = self._memory[key]
@@ -127,11 +128,15 @@ class FeatureCache:
         else:
             self.misses += 1
             t0 = time.perf_counter()
-            kw = {"device": device, "autocast": autocast, "channels_last": channels_last}
-            train_x, train_y = extract(body, fix, **kw)
+            def run(loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+                return extract(
+                    body, loader, device=device, autocast=autocast, channels_last=channels_last
+                )
+
+            train_x, train_y = run(fix)
             valid_x, valid_y = None, None
             if valid is not None:  # a recorded validation pass saves half the work
-                valid_x, valid_y = self._valid.get(key) or extract(body, valid, **kw)
+                valid_x, valid_y = self._valid.get(key) or run(valid)
             feats = Features(
                 train_x, train_y, valid_x, valid_y, key, "computed", time.perf_counter() - t0
             )

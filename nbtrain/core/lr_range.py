@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,7 +213,7 @@ def sweep_lrs(start: Sequence[float], end: float, iters: int) -> list[tuple[floa
     return [tuple(s * ratio ** (i / (iters - 1)) for s in start) for i in range(iters)]
 
 
-def _cycle(loader: Iterable[Any]) -> Iterable[Any]:
+def _cycle(loader: Iterable[Any]) -> Generator[Any, None, None]:
     """Loop over ``loader`` forever (the sweep may need more batches than an epoch)."""
     while True:
         empty = True
@@ -297,7 +297,7 @@ def run_lr_range(
     finally:
         batches.close()  # shuts a DataLoader's workers down now, not at garbage collection
         saved.restore(model, opt, stepper.scaler)
-        if generator_state is not None:
+        if generator is not None and generator_state is not None:
             generator.set_state(generator_state)
     if reason == "interrupted":
         raise KeyboardInterrupt("lr_find interrupted; the model and optimizer are as before")

@@ -22,11 +22,15 @@ from numbers import Real
 
 
 def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, Real) or value != int(value):
+    # numbers.Real admits numpy's integers and whole floats (2.0), not bool
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    if value < 1:
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    if number < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return int(value)
+    return int(number)
 
 
 def cycle_epochs(cycles: int, cycle_len: int = 1, cycle_mult: int = 1) -> list[int]:
@@ -233,6 +237,6 @@ def resolve_lrs(lr: float | Sequence[float] | slice, n_groups: int) -> tuple[flo
     else:
         raise ValueError(f"lr must be a number, a list of numbers or a slice, got {lr!r}")
     for rate in rates:
-        if not (isinstance(rate, Real) and math.isfinite(rate) and rate >= 0):
+        if not (isinstance(rate, Real) and math.isfinite(rate) and float(rate) >= 0):
             raise ValueError(f"learning rates must be finite and >= 0, got {rate!r}")
     return tuple(float(r) for r in rates)

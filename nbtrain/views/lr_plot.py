@@ -306,7 +306,7 @@ class LRFinderPlot(_W.VBox):
         self.picked.value = f"<b>lr = {fmt_rate(lr)}</b> ({how}){where}"
 
     # ---- programmatic twins -----------------------------------------------------
-    def pick(self, lr: float) -> float:
+    def pick(self, lr: float) -> float | None:
         """Pick ``lr`` (snapped to the nearest swept rate), as a click would; returns it."""
         self.selected_lr = lr
         return self.selected_lr

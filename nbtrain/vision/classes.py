@@ -161,10 +161,9 @@ def resolve_head_init(
         return None
     if isinstance(head_init, Mapping):
         return _from_mapping(head_init, classes, _need(pretrained, "a dict"))
-    if pretrained is None:
-        if head_init == "auto":
-            return None
-        _need(pretrained, "head_init='pretrained'")
+    if pretrained is None and head_init == "auto":
+        return None
+    pretrained = _need(pretrained, "head_init='pretrained'")
     found = {c: pretrained.match(c) for c in classes}
     if all(len(hits) == 1 for hits in found.values()) and _distinct(found):
         return [found[c][0] for c in classes]

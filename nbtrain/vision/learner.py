@@ -45,7 +45,7 @@ class ImageClassifier(BodyHead):
             raise ValueError(f"{len(classes)} class names for {n_classes} classes")
         rows = resolve_head_init(head_init, classes, spec.classifier)
         linear = nn.Linear(spec.n_features, n_classes)
-        if rows is not None:
+        if rows is not None and spec.classifier is not None:
             with torch.no_grad():
                 linear.weight.copy_(spec.classifier.weight[rows])
                 linear.bias.copy_(spec.classifier.bias[rows])

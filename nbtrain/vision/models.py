@@ -187,7 +187,7 @@ def create_body(
         else:
             model = _timm_model(arch, name, pretrained=pretrained)
         classifier = _timm_classifier(model) if pretrained else None
-        model.reset_classifier(0)
+        model.reset_classifier(0)  # type: ignore[operator]  # timm models have it
         width = _timm_width(model)
         return _spec(model, width, *_timm_norm(model), name, _fits(classifier, width))
     model, width, mean, std, classifier = _torchvision_body(arch, name, pretrained=pretrained)
@@ -234,7 +234,7 @@ def _timm_classifier(model: nn.Module) -> PretrainedClasses | None:
         ids = [info.index_to_label_name(i) for i in range(info.num_classes())]
     except Exception:  # an older timm, or a label file missing: start the head at random
         return None
-    return _classifier(model.get_classifier(), names, ids)
+    return _classifier(model.get_classifier(), names, ids)  # type: ignore[operator]
 
 
 def _resolve_arch(arch: str) -> tuple[str, str]:
@@ -282,7 +282,7 @@ def _timm_weights_cached(name: str) -> tuple[bool, str]:
                 for file in ("model.safetensors", "pytorch_model.bin")
             )
             return cached, "huggingface.co"
-        if cfg is not None and cfg.url:
+        if cfg is not None and isinstance(cfg.url, str) and cfg.url:
             return _in_torch_hub_cache(cfg.url), urllib.parse.urlparse(cfg.url).hostname or ""
     except Exception:  # an unexpected timm or hub layout: let timm decide
         pass
@@ -292,7 +292,8 @@ def _timm_weights_cached(name: str) -> tuple[bool, str]:
 def _timm_width(model: nn.Module) -> int:
     # After reset_classifier(0), timm returns pre-logits features (head_hidden_size when there
     # is one): what the classifier's rows were applied to.
-    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+    width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features")  # noqa: B009
+    return int(width)
 
 
 def _timm_norm(model: nn.Module) -> tuple[tuple, tuple]:
@@ -320,7 +321,7 @@ def _torchvision_body(arch: str, name: str, *, pretrained: bool):
 def _drop_last_linear(model: nn.Module, arch: str) -> nn.Linear:
     """Replace the classifier's last ``nn.Linear`` with ``nn.Identity``; return that linear."""
     if getattr(model, "aux_logits", False):  # inception_v3, googlenet: no auxiliary outputs
-        model.aux_logits = False
+        setattr(model, "aux_logits", False)  # noqa: B010 - a plain attribute, typed as Module
         for aux in ("AuxLogits", "aux1", "aux2"):
             if hasattr(model, aux):
                 setattr(model, aux, None)

@@ -151,7 +151,7 @@ def _background(width: int, height: int, rng: np.random.Generator) -> Image.Imag
     # A smooth colour field (a few random colours, upsampled bicubically), like a scene out
     # of focus, with large dim rectangles for furniture and walls.
     field = rng.integers(30, 226, (int(rng.integers(2, 5)), int(rng.integers(2, 5)), 3))
-    img = Image.fromarray(field.astype(np.uint8)).resize((width, height), Image.BICUBIC)
+    img = Image.fromarray(field.astype(np.uint8)).resize((width, height), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(2, 6))):
         x0, x1 = sorted(rng.uniform(-0.2, 1.2, 2) * width)
@@ -205,6 +205,7 @@ def _texture(label: int, width: int, height: int, rng: np.random.Generator) -> I
 def _colour(
     rng: np.random.Generator, *, dim: bool = False, hue_shift: float = 0.0
 ) -> tuple[int, int, int]:
+    rgb: np.ndarray
     if hue_shift:
         base = (np.cos(2 * np.pi * (hue_shift + np.array([0, 1 / 3, 2 / 3]))) + 1) * 100
         rgb = np.clip(base + rng.integers(-50, 51, 3), 0, 255)

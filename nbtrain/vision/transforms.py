@@ -44,7 +44,7 @@ class EvalTransform:
         else:
             new = (int(short * width / height), short)
         if new != img.size:
-            img = img.resize(new, Image.BILINEAR)
+            img = img.resize(new, Image.Resampling.BILINEAR)
         left = round((new[0] - self.size) / 2.0)
         top = round((new[1] - self.size) / 2.0)
         return self.normalize(img.crop((left, top, left + self.size, top + self.size)))
@@ -68,11 +68,11 @@ class TrainTransform:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         left, top, width, height = _random_crop_box(*img.size)
         box = (left, top, left + width, top + height)
-        img = img.resize((self.size, self.size), Image.BILINEAR, box=box)
+        img = img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
         if _uniform(0, 1) < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         angle = _uniform(-TRAIN_DEGREES, TRAIN_DEGREES)
-        img = img.rotate(angle, Image.BILINEAR, fillcolor=self.fill)
+        img = img.rotate(angle, Image.Resampling.BILINEAR, fillcolor=self.fill)
         factors = [_uniform(1 - TRAIN_JITTER, 1 + TRAIN_JITTER) for _ in range(2)]
         for i in torch.randperm(2).tolist():
             enhance = ImageEnhance.Brightness if i == 0 else ImageEnhance.Contrast

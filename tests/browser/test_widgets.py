@@ -44,7 +44,14 @@ CELLS = [
     "from nbtrain.vision import ImageData, make_shapes_dataset\n"
     "root = make_shapes_dataset('shapes', size=32, n_per_class=8, n_valid_per_class=4)\n"
     "data = ImageData.from_folder(root, size=32, bs=4, num_workers=0)\n"
-    "learn = Learner.pretrained(data, precompute=True)",
+    "learn = Learner.pretrained(data, precompute=True)\n"
+    # the fit's iteration each time a Stop reaches the learner (read once the stop is set)
+    "stops = []\n"
+    "def record_stop(request_stop=learn.request_stop):\n"
+    "    running, state = request_stop(), learn.running\n"
+    "    stops.append(None if state is None else state.it)\n"
+    "    return running\n"
+    "learn.request_stop = record_stop",
     "%lr_find learn --seed 0",
     'print(f"LR={lr!r}")',
     # CLICK_AT: where on the PNG to click for a rate 10 swept steps (~6x) below the
@@ -61,6 +68,7 @@ CELLS = [
     "state = learn.fits[-1]\n"
     "metrics = learn.evaluate()\n"
     'print(f"STATUS={state.status} IT={state.it} PLANNED={state.total_iters}")\n'
+    'print(f"STOPS={\',\'.join(map(str, stops)) or \'none\'}")\n'
     "print(f\"ACCURACY={metrics['accuracy']!r}\")",
 ]
 
@@ -137,22 +145,30 @@ def test_lr_plot_freeze_panel_and_stop(jupyter_lab, page):
     run_cell(page, FIT_CELL)
     progress = output_area(page, FIT_CELL).locator(".nbtrain-progress")
     label = progress.locator(".nbtrain-progress-label")
-    # running, past the first restart (epoch 4), before Stop
-    expect(label).to_have_text(re.compile(r"^it \d+/\d+ · epoch ([5-9]|\d\d)/"),
-                               timeout=90_000)
+    # running, past the first restart (epoch 4), before Stop; the timeouts only guard
+    # against a hang (epoch 5 shows after ~2 s, the stop ~0.2 s after the click)
+    expect(label, "the fit never reached epoch 5").to_have_text(
+        re.compile(r"^it \d+/\d+ · epoch ([5-9]|\d\d)/"), timeout=90_000
+    )
     shoot(page, progress, "progress.png")
     t_click = time.monotonic()
     progress.locator(".nbtrain-stop").click()
     status = progress.locator(".nbtrain-progress-status")
-    expect(status).to_contain_text("stopped", timeout=30_000)
-    stop_seconds = time.monotonic() - t_click
+    expect(status, "the fit did not stop after the click").to_contain_text(
+        "stopped", timeout=30_000
+    )
+    stop_seconds = time.monotonic() - t_click  # printed, not asserted: the machine is noisy
     run_and_wait(page, REPORT)
     report = output_text(page, REPORT)
     assert value(report, "STATUS") == "stopped"
     it, planned = int(value(report, "IT")), int(value(report, "PLANNED"))
     assert 0 < it < planned
+    # the click reached the learner mid-fit, and the fit ended at the next batch boundary
+    stops = value(report, "STOPS").split(",")
+    assert len(stops) == 1 and stops[0].isdigit(), f"Stops that reached the learner: {stops}"
+    assert 0 <= it - int(stops[0]) <= 1, (stops, it)
     assert 0.0 <= float(value(report, "ACCURACY")) <= 1.0
     assert prompt_number(page, FIT_CELL) < prompt_number(page, REPORT)
-    assert stop_seconds < 10, f"Stop took {stop_seconds:.1f} s to end the fit"
     shoot(page, progress, "progress-stopped.png")
-    print(f"stopped at iteration {it} of {planned}, {stop_seconds:.2f} s after the click")
+    print(f"stopped at iteration {it} of {planned}, {it - int(stops[0])} batch(es) after the Stop "
+          f"reached the learner, {stop_seconds:.2f} s after the click")
