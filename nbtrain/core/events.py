@@ -64,9 +64,6 @@ class Events:
         for fn in list(self._handlers[name]):
             fn(state)
 
-    def has_handlers(self, name: str) -> bool:
-        return bool(self._handlers[name])
-
     def _check(self, name: str) -> None:
         if name not in self._handlers:
             raise ValueError(f"unknown event {name!r}; known events: {', '.join(EVENT_NAMES)}")

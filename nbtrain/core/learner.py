@@ -10,7 +10,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -69,6 +69,9 @@ def seed_everything(seed: int) -> None:
 def sgd_momentum(params: list[dict], *, wd: float = 0.0) -> torch.optim.Optimizer:
     """The default optimizer: SGD with momentum 0.9, as in fastai 0.7's course."""
     return torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=wd)
+
+
+_L = TypeVar("_L", bound="Learner")
 
 
 class PrecomputeWarning(UserWarning):
@@ -159,7 +162,7 @@ class Learner:
 
     @classmethod
     def pretrained(
-        cls,
+        cls: type[_L],
         data: Any,
         arch: str | nn.Module = "tf_efficientnet_lite0",
         *,
@@ -169,7 +172,7 @@ class Learner:
         head_init: str | dict[str, int | str] | None = "auto",
         seed: int | None = 0,
         **kwargs: Any,
-    ) -> Learner:
+    ) -> _L:
         """A pretrained body plus a new head; three layer groups, body frozen.
 
         Parameters
@@ -202,6 +205,7 @@ class Learner:
         from nbtrain.vision.learner import pretrained_learner  # vision needs timm/PIL
 
         return pretrained_learner(
+            cls,
             data,
             arch,
             precompute=precompute,

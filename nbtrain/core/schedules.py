@@ -20,17 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Real
 
+from nbtrain.core.checks import whole_number
+
 
 def _positive_int(name: str, value: object) -> int:
-    # numbers.Real admits numpy's integers and whole floats (2.0), not bool
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    number = float(value)
-    if not number.is_integer():
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    if number < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return int(number)
+    return whole_number(name, value, minimum=1)
 
 
 def cycle_epochs(cycles: int, cycle_len: int = 1, cycle_mult: int = 1) -> list[int]:

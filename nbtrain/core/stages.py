@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
+from nbtrain.core.checks import whole_number
 from nbtrain.core.schedules import SGDRSchedule, resolve_lrs
 
 if TYPE_CHECKING:
@@ -26,11 +27,6 @@ if TYPE_CHECKING:
 LR = float | Sequence[float] | slice
 """A rate for every layer group: one number, one per group, or a slice (see
 :func:`~nbtrain.core.schedules.resolve_lrs`)."""
-
-
-def _whole(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
 
 
 def _plain_lr(lr: Any) -> float | tuple[float, ...] | slice:
@@ -88,11 +84,8 @@ class Stage:
         for name in ("cycles", "cycle_len", "cycle_mult", "size", "seed", "freeze_to"):
             value = getattr(self, name)
             if value is not None:
-                _whole(name, value)
-        for name in ("cycles", "cycle_len", "cycle_mult", "size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value!r}")
+                minimum = None if name in ("seed", "freeze_to") else 1
+                object.__setattr__(self, name, whole_number(name, value, minimum=minimum))
         if self.precompute is not None and not isinstance(self.precompute, bool):
             raise ValueError(f"precompute must be True or False, got {self.precompute!r}")
 

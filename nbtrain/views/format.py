@@ -13,17 +13,6 @@ from typing import Any
 from nbtrain.core.schedules import SGDRSchedule
 from nbtrain.core.state import EpochRecord
 
-STATUS_WORDS = {
-    "ready": "ready",
-    "preparing": "preparing",
-    "running": "running",
-    "done": "done",
-    "stopped": "stopped",
-    "interrupted": "interrupted",
-    "diverged": "diverged",
-    "failed": "failed",
-}
-
 
 def fmt_rate(lr: float | None) -> str:
     """``1.00e-03``; ``--`` for None."""
@@ -158,7 +147,7 @@ def final_line(
     if status == "done":
         text = f"done: {epochs} {'epoch' if epochs == 1 else 'epochs'} in {fmt_seconds(seconds)}"
     else:
-        text = f"{STATUS_WORDS.get(status, status)}: {message}" if message else status
+        text = f"{status}: {message}" if message else status
     if skipped:
         text += f"; {skipped} later {'stage' if skipped == 1 else 'stages'} not run"
     if best:
@@ -180,8 +169,3 @@ def best_text(
     back = f"learn.load_snapshot(fit={best['fit']}, cycle={best['fit_cycle']})"
     return f"best {name} {value} at {where} (last {last_value}): {back}"
 
-
-def describe(value: Any) -> str:
-    """A short repr for messages (long lists shortened)."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -26,32 +26,31 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from nbtrain.core.checks import whole_number
 from nbtrain.core.stepper import default_device
 from nbtrain.vision.files import (
     IMAGE_EXTENSIONS,
     BadImagesWarning,
     Item,
-    _check_items,
-    _checked_items,
-    _class_dirs,
-    _existing_dir,
-    _first_few,
-    _image_candidates,
-    _is_int,
-    _normalization,
-    _positive_int,
-    _read_label_csv,
-    _valid_dir,
-    _warn_bad,
+    check_items,
+    check_normalization,
+    checked_items,
+    class_dirs,
+    existing_dir,
+    find_valid_dir,
+    first_few,
+    image_candidates,
+    read_label_csv,
+    warn_bad,
 )
 from nbtrain.vision.shapes import make_shapes_dataset
 from nbtrain.vision.transforms import (
     TTA_VIEWS,
     EvalTransform,
     TrainTransform,
-    _resize_size,
-    _train_draft_size,
     eval_transform,
+    resize_size,
+    train_draft_size,
     train_transform,
     tta_transform,
 )
@@ -184,18 +183,18 @@ class ImageData:
         self.classes = [str(name) for name in classes]
         if not self.classes or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be non-empty and unique, got {list(classes)!r}")
-        self.train_items = _checked_items(train_items, len(self.classes), "train_items")
-        self.valid_items = _checked_items(valid_items, len(self.classes), "valid_items")
+        self.train_items = checked_items(train_items, len(self.classes), "train_items")
+        self.valid_items = checked_items(valid_items, len(self.classes), "valid_items")
         if not self.train_items:
             raise ValueError("train_items is empty")
         self.path = Path(path) if path is not None else None
-        self._size = _positive_int(size, "size")
-        self._bs = _positive_int(bs, "bs")
-        if num_workers is not None and (not _is_int(num_workers) or num_workers < 0):
-            raise ValueError(f"num_workers must be None or an int >= 0, got {num_workers!r}")
+        self._size = whole_number("size", size, minimum=1)
+        self._bs = whole_number("bs", bs, minimum=1)
+        if num_workers is not None:
+            num_workers = whole_number("num_workers", num_workers, minimum=0)
         self._num_workers = num_workers
         self._augment = bool(augment)
-        self._mean, self._std = _normalization(mean, std)
+        self._mean, self._std = check_normalization(mean, std)
         self.seed = int(seed)
         self.bad_files = [Path(p) for p in bad_files]
         self._idle_workers = default_device().type == "cpu"
@@ -244,11 +243,11 @@ class ImageData:
         ValueError
             No class folders, an empty class folder, or no usable image at all.
         """
-        root = _existing_dir(path, "data folder")
-        train_dir = _existing_dir(root / train, "training folder")
-        valid_dir = _valid_dir(root, valid)
-        classes = _class_dirs(train_dir)
-        valid_classes = _class_dirs(valid_dir)
+        root = existing_dir(path, "data folder")
+        train_dir = existing_dir(root / train, "training folder")
+        valid_dir = find_valid_dir(root, valid)
+        classes = class_dirs(train_dir)
+        valid_classes = class_dirs(valid_dir)
         unknown = sorted(set(valid_classes) - set(classes))
         if unknown:
             raise ValueError(f"classes in '{valid_dir}' but not in '{train_dir}': {unknown}")
@@ -257,15 +256,15 @@ class ImageData:
         candidates: dict[str, list[Item]] = {split: [] for split in SPLITS}
         files = {}
         for split, class_dir, label in folders:
-            files[class_dir] = _image_candidates(class_dir)
+            files[class_dir] = image_candidates(class_dir)
             if not files[class_dir]:
                 raise ValueError(f"empty class folder: '{class_dir}'")
             candidates[split] += [(p, label) for p in files[class_dir]]
-        items, bad = _check_items(candidates, root)
+        items, bad = check_items(candidates, root)
         for class_dir, found in files.items():
             if bad.keys() >= set(found):
                 raise ValueError(f"class folder '{class_dir}' has no usable images (all skipped)")
-        _warn_bad(bad, root)
+        warn_bad(bad, root)
         return cls(
             items["train"],
             items["valid"],
@@ -322,17 +321,17 @@ class ImageData:
         """
         if not 0 < valid_pct < 1:
             raise ValueError(f"valid_pct must be between 0 and 1 (exclusive), got {valid_pct!r}")
-        root = _existing_dir(path, "data folder")
+        root = existing_dir(path, "data folder")
         csv_path = root / csv
         if not csv_path.is_file():
             raise FileNotFoundError(f"label file not found: '{csv_path}'")
-        image_dir = _existing_dir(root / folder, "image folder")
-        rows = sorted(_read_label_csv(csv_path))
+        image_dir = existing_dir(root / folder, "image folder")
+        rows = sorted(read_label_csv(csv_path))
         missing = [name for name, _ in rows if not (image_dir / name).is_file()]
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} of {len(rows)} files named in '{csv_path}' are missing from "
-                f"'{image_dir}': {_first_few(missing)}"
+                f"'{image_dir}': {first_few(missing)}"
             )
         classes = sorted({label for _, label in rows})
         n_valid = max(1, round(len(rows) * valid_pct))
@@ -344,10 +343,10 @@ class ImageData:
         for (name, label), held_out in zip(rows, is_valid, strict=True):
             split = "valid" if held_out else "train"
             candidates[split].append((image_dir / name, classes.index(label)))
-        items, bad = _check_items(candidates, root)
+        items, bad = check_items(candidates, root)
         if not items["train"]:
             raise ValueError(f"no usable training images in '{image_dir}'")
-        _warn_bad(bad, root)
+        warn_bad(bad, root)
         return cls(
             items["train"],
             items["valid"],
@@ -385,7 +384,7 @@ class ImageData:
 
     @bs.setter
     def bs(self, bs: int) -> None:
-        self._bs = _positive_int(bs, "bs")
+        self._bs = whole_number("bs", bs, minimum=1)
         self._loaders.clear()
 
     @property
@@ -464,14 +463,14 @@ class ImageData:
 
     def set_size(self, size: int) -> ImageData:
         """Change the image size in place (progressive resizing); returns ``self``."""
-        self._size = _positive_int(size, "size")
+        self._size = whole_number("size", size, minimum=1)
         self._loaders.clear()
         return self
 
     def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> ImageData:
         """Normalize as a pretrained body expects (its ``BodySpec.mean``/``std``), in place;
         rebuilds the loaders and changes :meth:`eval_signature`. Returns ``self``."""
-        self._mean, self._std = _normalization(mean, std)
+        self._mean, self._std = check_normalization(mean, std)
         self._loaders.clear()
         return self
 
@@ -525,25 +524,25 @@ class ImageData:
     @property
     def train_ds(self) -> ImageDataset:
         """Training images through :meth:`train_transform`."""
-        draft = _train_draft_size(self.size) if self.augment else _resize_size(self.size)
+        draft = train_draft_size(self.size) if self.augment else resize_size(self.size)
         return ImageDataset(self.train_items, self.train_transform(), draft_size=draft)
 
     @property
     def valid_ds(self) -> ImageDataset:
         """Validation images through :meth:`eval_transform`."""
-        draft = _resize_size(self.size)
+        draft = resize_size(self.size)
         return ImageDataset(self.valid_items, self.eval_transform(), draft_size=draft)
 
     @property
     def fix_ds(self) -> ImageDataset:
         """Training images through :meth:`eval_transform` (for precomputing activations)."""
-        draft = _resize_size(self.size)
+        draft = resize_size(self.size)
         return ImageDataset(self.train_items, self.eval_transform(), draft_size=draft)
 
     def tta_loaders(self) -> list[DataLoader]:
         """Validation loaders for test-time augmentation, one per view in ``TTA_VIEWS``:
         center, mirrored center, and the four corner crops, each in file order."""
-        draft = _resize_size(self.size)
+        draft = resize_size(self.size)
         return [
             self._plain_loader(
                 ImageDataset(
@@ -648,7 +647,7 @@ class ImageData:
     def eval_signature(self) -> str:
         """A key that changes whenever eval-transformed pixels could change (for caches)."""
         return (
-            f"eval-v1 size={self.size} resize={_resize_size(self.size)} center-crop "
+            f"eval-v1 size={self.size} resize={resize_size(self.size)} center-crop "
             f"bilinear-antialias jpeg-draft rgb mean={list(self.mean)} std={list(self.std)} "
             f"torchvision={torchvision.__version__} pillow={PIL.__version__}"
         )

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import PIL
 from PIL import Image
 
@@ -47,7 +46,7 @@ def _check_file(path: Path) -> str | None:
     return None
 
 
-def _check_items(
+def check_items(
     candidates: dict[str, list[Item]], root: Path
 ) -> tuple[dict[str, list[Item]], dict[Path, str]]:
     """Split each split's items into readable ones and ``{bad path: reason}``."""
@@ -61,7 +60,7 @@ def _check_items(
     return items, bad
 
 
-def _warn_bad(bad: dict[Path, str], root: Path) -> None:
+def warn_bad(bad: dict[Path, str], root: Path) -> None:
     """One warning listing the skipped files (the first 20) and why."""
     if not bad:
         return
@@ -75,16 +74,16 @@ def _warn_bad(bad: dict[Path, str], root: Path) -> None:
 
 
 # -------------------------------------------------------------- file system
-def _existing_dir(path: str | os.PathLike, what: str) -> Path:
+def existing_dir(path: str | os.PathLike, what: str) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} not found: '{folder}'")
     return folder
 
 
-def _valid_dir(root: Path, valid: str | None) -> Path:
+def find_valid_dir(root: Path, valid: str | None) -> Path:
     if valid is not None:
-        return _existing_dir(root / valid, "validation folder")
+        return existing_dir(root / valid, "validation folder")
     found = [root / name for name in ("valid", "val") if (root / name).is_dir()]
     if not found:
         raise FileNotFoundError(
@@ -95,14 +94,14 @@ def _valid_dir(root: Path, valid: str | None) -> Path:
     return found[0]
 
 
-def _class_dirs(folder: Path) -> list[str]:
+def class_dirs(folder: Path) -> list[str]:
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names:
         raise ValueError(f"no class folders in '{folder}' (expected {folder}/<class>/<image>)")
     return names
 
 
-def _image_candidates(folder: Path) -> list[Path]:
+def image_candidates(folder: Path) -> list[Path]:
     """Every non-hidden file under ``folder``, recursively, sorted."""
     return sorted(
         p
@@ -111,7 +110,7 @@ def _image_candidates(folder: Path) -> list[Path]:
     )
 
 
-def _read_label_csv(csv_path: Path) -> list[tuple[str, str]]:
+def read_label_csv(csv_path: Path) -> list[tuple[str, str]]:
     with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         lines = list(csv.reader(handle))
     rows: list[tuple[str, str]] = []
@@ -125,7 +124,7 @@ def _read_label_csv(csv_path: Path) -> list[tuple[str, str]]:
         raise ValueError(f"no rows after the header in '{csv_path}'")
     repeated = sorted(name for name, n in Counter(name for name, _ in rows).items() if n > 1)
     if repeated:
-        raise ValueError(f"files named more than once in '{csv_path}': {_first_few(repeated)}")
+        raise ValueError(f"files named more than once in '{csv_path}': {first_few(repeated)}")
     return rows
 
 
@@ -133,21 +132,11 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if root in path.parents else str(path)
 
 
-def _first_few(names: Sequence[str], n: int = 5) -> str:
+def first_few(names: Sequence[str], n: int = 5) -> str:
     return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
 
 # --------------------------------------------------------------- validation
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _positive_int(value, name: str) -> int:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def _channel_triple(values, name: str) -> tuple[float, float, float]:
     try:
         triple = tuple(float(v) for v in values)
@@ -158,14 +147,14 @@ def _channel_triple(values, name: str) -> tuple[float, float, float]:
     return triple
 
 
-def _normalization(mean, std) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+def check_normalization(mean, std) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     triples = _channel_triple(mean, "mean"), _channel_triple(std, "std")
     if min(triples[1]) <= 0:
         raise ValueError(f"std must be positive, got {std!r}")
     return triples
 
 
-def _checked_items(items: Sequence[Item], n_classes: int, name: str) -> list[Item]:
+def checked_items(items: Sequence[Item], n_classes: int, name: str) -> list[Item]:
     checked = [(Path(p), int(y)) for p, y in items]
     bad = [y for _, y in checked if not 0 <= y < n_classes]
     if bad:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 
 from nbtrain.core.features import BodyHead
-from nbtrain.core.learner import Learner
 from nbtrain.vision.classes import (
     check_head_init,
     head_init_summary,
@@ -18,6 +17,11 @@ from nbtrain.vision.classes import (
     warn_head_init,
 )
 from nbtrain.vision.models import OFFLINE_ARCH, BodySpec, body_groups, create_body
+
+if TYPE_CHECKING:  # the core imports this module, never the other way round
+    from nbtrain.core.learner import Learner
+
+L = TypeVar("L", bound="Learner")
 
 
 class ImageClassifier(BodyHead):
@@ -59,6 +63,7 @@ class ImageClassifier(BodyHead):
 
 
 def pretrained_learner(
+    learner_cls: type[L],
     data: Any,
     arch: str | nn.Module = OFFLINE_ARCH,
     *,
@@ -68,8 +73,9 @@ def pretrained_learner(
     head_init: str | Mapping[str, int | str] | None = "auto",
     seed: int | None = 0,
     **kwargs: Any,
-) -> Learner:
-    """See :meth:`nbtrain.Learner.pretrained`."""
+) -> L:
+    """See :meth:`nbtrain.Learner.pretrained`; ``learner_cls`` is the class it was
+    called on (the core passes it in, so this module never imports the core's Learner)."""
     classes = getattr(data, "classes", None)
     if not classes:
         raise ValueError("the data has no classes; build it with ImageData.from_folder/from_csv")
@@ -84,7 +90,7 @@ def pretrained_learner(
     if hasattr(data, "set_normalization"):
         data.set_normalization(spec.mean, spec.std)  # inputs as the body was trained on
     early, late = body_groups(spec)
-    learn = Learner(model, data, layer_groups=[early, late, model.head], **kwargs)
+    learn = learner_cls(model, data, layer_groups=[early, late, model.head], **kwargs)
     for group, name in zip(learn.groups, ("body (early)", "body (late)", "head"), strict=True):
         group.name = name
     learn.freeze()

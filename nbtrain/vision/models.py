@@ -18,6 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
+from nbtrain.core.checks import whole_number
 from nbtrain.vision.classes import PretrainedClasses
 
 __all__ = [
@@ -176,7 +177,11 @@ def create_body(
         Pretrained weights could not be downloaded.
     """
     if isinstance(arch, nn.Module):
-        width = _infer_features(arch) if n_features is None else _positive(n_features)
+        width = (
+            _infer_features(arch)
+            if n_features is None
+            else whole_number("n_features", n_features, minimum=1)
+        )
         return _spec(arch, width, IMAGENET_MEAN, IMAGENET_STD, type(arch).__name__)
     if n_features is not None:
         raise ValueError(f"n_features is only for a module body, got arch={arch!r}")
@@ -360,12 +365,6 @@ def _infer_features(body: nn.Module) -> int:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"a body must return (batch, features), got {shape}")
     return int(out.shape[1])
-
-
-def _positive(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"n_features must be a positive int, got {value!r}")
-    return value
 
 
 # ----------------------------------------------------------------- offline

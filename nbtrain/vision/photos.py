@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from nbtrain.core.checks import is_whole, whole_number
 from nbtrain.core.features import default_cache_dir
-from nbtrain.vision.files import _is_int, _positive_int
 
 SPLITS = ("train", "valid")
 TEXTURES = ("stripes", "spots", "checks", "rings", "waves", "grid")
@@ -69,14 +69,13 @@ def make_photo_dataset(
     Path
         The root, ready for :meth:`ImageData.from_folder`.
     """
-    n_train = _positive_int(n_train, "n_train")
-    n_valid = _positive_int(n_valid, "n_valid")
-    if not _is_int(classes) or classes < 2:
-        raise ValueError(f"classes must be an int >= 2, got {classes!r}")
+    n_train = whole_number("n_train", n_train, minimum=1)
+    n_valid = whole_number("n_valid", n_valid, minimum=1)
+    classes = whole_number("classes", classes, minimum=2)
     if (
         not isinstance(size, tuple | list)
         or len(size) != 2
-        or not all(_is_int(s) and s >= 32 for s in size)
+        or not all(is_whole(s) and s >= 32 for s in size)
     ):
         raise ValueError(f"size must be (width, height), each an int >= 32, got {size!r}")
     width, height = int(size[0]), int(size[1])

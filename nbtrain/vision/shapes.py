@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from nbtrain.vision.files import _is_int, _positive_int
+from nbtrain.core.checks import whole_number
 
 SPLITS = ("train", "valid")
 
@@ -59,10 +59,9 @@ def make_shapes_dataset(
     unknown = [name for name in classes if name not in SHAPES]
     if not classes or unknown or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be distinct names from {SHAPES}, got {classes!r}")
-    n_train = _positive_int(n_per_class, "n_per_class")
-    n_valid = _positive_int(n_valid_per_class, "n_valid_per_class")
-    if not _is_int(size) or size < 16:
-        raise ValueError(f"size must be an int >= 16, got {size!r}")
+    n_train = whole_number("n_per_class", n_per_class, minimum=1)
+    n_valid = whole_number("n_valid_per_class", n_valid_per_class, minimum=1)
+    size = whole_number("size", size, minimum=16)
     root = Path(path).expanduser()
     marker = root / "shapes.txt"
     params = f"make_shapes_dataset v3 {classes} {n_train} {n_valid} {size} {int(seed)}\n"

@@ -37,7 +37,7 @@ class EvalTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         width, height = img.size
-        short = _resize_size(self.size)
+        short = resize_size(self.size)
         # torchvision's rounding: the longer side is truncated, the crop offset rounded.
         if width <= height:
             new = (short, int(short * height / width))
@@ -50,7 +50,7 @@ class EvalTransform:
         return self.normalize(img.crop((left, top, left + self.size, top + self.size)))
 
     def __repr__(self) -> str:
-        return f"EvalTransform(size={self.size}, resize={_resize_size(self.size)})"
+        return f"EvalTransform(size={self.size}, resize={resize_size(self.size)})"
 
 
 class TrainTransform:
@@ -148,7 +148,7 @@ class _TTACrop:
         self.size, self.view = size, view
 
     def __call__(self, img):
-        img = v2.functional.resize(img, _resize_size(self.size), antialias=True)
+        img = v2.functional.resize(img, resize_size(self.size), antialias=True)
         if self.view in ("center", "flip"):
             img = v2.functional.center_crop(img, [self.size, self.size])
             return v2.functional.horizontal_flip(img) if self.view == "flip" else img
@@ -169,10 +169,10 @@ def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
     ]
 
 
-def _resize_size(size: int) -> int:
+def resize_size(size: int) -> int:
     return round(size / CROP_FRACTION)
 
 
-def _train_draft_size(size: int) -> int:
+def train_draft_size(size: int) -> int:
     # The smallest crop is sqrt(0.35 * 3/4) ~ 0.51 of a side; keep it at least `size` px.
     return 2 * size

@@ -77,10 +77,10 @@ def test_an_interrupted_run_leaves_nothing_behind(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"classes": 1}, "classes must be an int >= 2"),
+        ({"classes": 1}, "classes must be >= 2, got 1"),
         ({"size": (500,)}, r"size must be \(width, height\)"),
         ({"size": (500, 16)}, r"size must be \(width, height\)"),
-        ({"n_train": 0}, "n_train must be a positive int"),
+        ({"n_train": 0}, "n_train must be >= 1, got 0"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, message):
