@@ -3,10 +3,12 @@ checkpoints; everything else lives in the modules it calls."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +38,17 @@ from nbtrain.core.events import Events
 from nbtrain.core.features import BodyHead, FeatureCache, Features
 from nbtrain.core.loop import fit, user_stacklevel
 from nbtrain.core.lr_range import LRRangeResult, run_lr_range
+from nbtrain.core.resume import (
+    FORMAT,
+    VERSION,
+    CheckpointError,
+    CheckpointStore,
+    Position,
+    ResumePoint,
+    loader_generator,
+    read_checkpoint,
+    set_rng_state,
+)
 from nbtrain.core.schedules import SGDRSchedule, resolve_lrs
 from nbtrain.core.snapshot import check_state_dict, clone_state_dict
 from nbtrain.core.stages import LR, Plan, Stage, plan_stages
@@ -50,7 +63,15 @@ from nbtrain.core.stepper import (
     to_device,
 )
 
-__all__ = ["LR", "DataLoaders", "Learner", "PrecomputeWarning", "seed_everything", "sgd_momentum"]
+__all__ = [
+    "LR",
+    "CheckpointWarning",
+    "DataLoaders",
+    "Learner",
+    "PrecomputeWarning",
+    "seed_everything",
+    "sgd_momentum",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -76,6 +97,16 @@ _L = TypeVar("_L", bound="Learner")
 
 class PrecomputeWarning(UserWarning):
     """Precompute is on while the data is set to augment: augmentation has no effect."""
+
+
+class CheckpointWarning(UserWarning):
+    """A resumable checkpoint could not be written; the fit stops cleanly."""
+
+
+# Writing a checkpoint at an epoch end waits until this many times its last cost has
+# passed since the last one: at most ~2% of the fit (head epochs on cached activations
+# take milliseconds, and would otherwise spend most of their time writing).
+CHECKPOINT_SPACING = 50
 
 
 class Learner:
@@ -113,6 +144,10 @@ class Learner:
     path
         Folder for checkpoints (``path/models/NAME.pth``); default: the current folder
         (the data's folder may be read-only).
+
+    While a fit runs, resumable checkpoints go to ``checkpoint_dir`` (default
+    ``path/models/resume``), the newest ``keep_checkpoints`` (2) kept; set
+    ``checkpoint_dir = False`` to write none. See :meth:`resume`.
     """
 
     def __init__(
@@ -159,6 +194,12 @@ class Learner:
         self._precompute = False
         self._told_augment = False
         self.feature_cache = FeatureCache()
+        self.checkpoint_dir: str | os.PathLike | bool | None = None
+        self.keep_checkpoints = 2
+        self.last_checkpoint: Path | None = None
+        self._checkpoint_cost = 0.0
+        self._checkpoint_at = -float("inf")
+        self._checkpoint_error: str | None = None
 
     @classmethod
     def pretrained(
@@ -419,6 +460,7 @@ class Learner:
         seed: int | None = None,
         save_snapshots: str | None = None,
         listeners: Sequence[object] = (),
+        resume: bool | str | os.PathLike = False,
     ) -> TrainState:
         """Train with SGDR: cosine annealing with warm restarts (arXiv:1608.03983).
 
@@ -436,10 +478,21 @@ class Learner:
             Also write each cycle's snapshot to ``models/{save_snapshots}_cyc_{i}.pth``.
         listeners
             Objects with ``on_<event>`` methods, subscribed for this fit only.
+        resume
+            True (or a checkpoint's path): go on with the last unfinished run instead,
+            where its checkpoint left it (the other arguments are not used); see
+            :meth:`resume`.
 
         Returns the fit's :class:`TrainState` (also in ``learn.fits``). Every cycle's end
         weights are kept in ``learn.snapshots``. One stage of :meth:`fit_stages`.
         """
+        if resume:
+            states = self.resume(
+                None if resume is True else resume,
+                save_snapshots=save_snapshots,
+                listeners=listeners,
+            )
+            return states[-1]
         stage = Stage(lr, cycles, cycle_len, cycle_mult, seed=seed)
         states = self.fit_stages([stage], save_snapshots=save_snapshots, listeners=listeners)
         return states[0]
@@ -447,7 +500,7 @@ class Learner:
     @on_main_arena
     def fit_stages(
         self,
-        stages: Sequence[Stage] | Plan,
+        stages: Sequence[Stage] | Plan | ResumePoint,
         *,
         save_snapshots: str | None = None,
         listeners: Sequence[object] = (),
@@ -461,28 +514,60 @@ class Learner:
         :meth:`request_stop` between two stages stops it before the next. Listeners see
         every stage's events; ``state.plan`` and ``state.stage`` say where it is in the
         run. Returns the state of every stage that ran (each also in ``learn.fits``).
+
+        A :class:`~nbtrain.core.resume.ResumePoint` (from :meth:`resume_point`) goes on
+        with an unfinished run: its checkpoint's weights, optimizer and random states
+        are put back, then its plan continues from where it stopped.
+
+        While the run goes, resumable checkpoints are written to ``checkpoint_dir``
+        (see :meth:`resume`).
         """
-        plan = stages if isinstance(stages, Plan) else self.plan_stages(stages)
-        if isinstance(stages, Plan) and self.plan_stages(plan.stages) != plan:
+        point = stages if isinstance(stages, ResumePoint) else None
+        if point is not None:
+            plan = point.plan
+            self._restore(point)
+        else:
+            plan = stages if isinstance(stages, Plan) else self.plan_stages(stages)  # type: ignore[arg-type]
+        if isinstance(stages, Plan | ResumePoint) and self.plan_stages(plan.stages) != plan:
             raise ValueError(
                 "the plan no longer fits this learner (other data or layer groups); "
                 "plan the stages again"
             )
+        first = point.first if point is not None else 0
+        histories = [list(h) for h in point.histories] if point is not None else []
         stop = threading.Event()
         unsubscribe = [self.events.subscribe(listener) for listener in listeners]
         self._run_stop = stop
         states: list[TrainState] = []
         try:
-            for index, (stage, schedule) in enumerate(
-                zip(plan.stages, plan.schedules, strict=True)
-            ):
+            self._checkpoint_at, self._checkpoint_error = -float("inf"), None
+            for index in range(first, len(plan)):
+                stage, schedule = plan.stages[index], plan.schedules[index]
                 if stop.is_set():
                     break
-                self._apply(stage)
+                start = point.start if point is not None and index == first else None
                 state = TrainState(
                     schedule=schedule, fit=len(self.fits), plan=plan, stage=index, _stop=stop
                 )
-                states.append(self._fit(state, seed=stage.seed, save_snapshots=save_snapshots))
+                if start is None:
+                    self._apply(stage)
+                    seed = stage.seed
+                else:  # the checkpoint put back the stage's settings and random states
+                    state.history = [_record(r) for r in histories[index]]
+                    seed = None
+
+                def checkpoint(s: TrainState, p: Position, index: int = index) -> None:
+                    self._write_checkpoint(plan, index, histories, s, p)
+
+                states.append(
+                    self._fit(
+                        state,
+                        seed=seed,
+                        save_snapshots=save_snapshots,
+                        start=start,
+                        on_checkpoint=checkpoint,
+                    )
+                )
                 if state.status != "done":
                     break
         finally:
@@ -501,7 +586,13 @@ class Learner:
             self.precompute = stage.precompute
 
     def _fit(
-        self, state: TrainState, *, seed: int | None, save_snapshots: str | None
+        self,
+        state: TrainState,
+        *,
+        seed: int | None,
+        save_snapshots: str | None,
+        start: Position | None = None,
+        on_checkpoint: Any = None,
     ) -> TrainState:
         self._seed(seed)
         self.fits.append(state)
@@ -527,7 +618,7 @@ class Learner:
                 if save_snapshots:
                     self.save(f"{save_snapshots}_cyc_{snapshot.cycle}", with_opt=False)
 
-            return fit(
+            fit(
                 self._stepper(model),
                 train,
                 valid,
@@ -535,7 +626,12 @@ class Learner:
                 events=self.events,
                 state=state,
                 on_snapshot=keep,
+                on_checkpoint=on_checkpoint,
+                start=start,
             )
+            if self._checkpoint_error and state.status == "stopped":
+                state.message = f"{self._checkpoint_error}; {state.message}"
+            return state
         finally:
             self._running = None
 
@@ -761,3 +857,185 @@ class Learner:
         snap = select_snapshot(self.snapshots, len(self.fits), index, fit=fit, cycle=cycle)
         self.model.load_state_dict(snap.state_dict)
         return snap
+
+    # ---- resumable checkpoints ----------------------------------------------------
+    @property
+    def checkpoints(self) -> CheckpointStore | None:
+        """Where resumable checkpoints go (``checkpoint_dir``, default
+        ``path/models/resume``); None when ``checkpoint_dir`` is False."""
+        if self.checkpoint_dir is False:
+            return None
+        if self.checkpoint_dir is None or self.checkpoint_dir is True:
+            folder = self.path / self.model_dir / "resume"
+        else:
+            folder = Path(self.checkpoint_dir)
+        return CheckpointStore(folder, keep=max(1, int(self.keep_checkpoints)))
+
+    def _write_checkpoint(
+        self,
+        plan: Plan,
+        index: int,
+        histories: list[list[dict[str, Any]]],
+        state: TrainState,
+        position: Position,
+    ) -> None:
+        """Write where the run is (throttled at epoch ends; always as a fit ends). A
+        checkpoint that cannot be written stops the fit cleanly, with one line."""
+        store = self.checkpoints
+        while len(histories) <= index:
+            histories.append([])
+        histories[index] = [dataclasses.asdict(r) for r in state.history]
+        if store is None or self._checkpoint_error:
+            return
+        now = time.perf_counter()
+        if state.status == "running" and now - self._checkpoint_at < (
+            CHECKPOINT_SPACING * self._checkpoint_cost
+        ):
+            return
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "status": state.status,
+            "stage": index,
+            "plan": [s.as_dict() for s in plan.stages],
+            "iters_per_epoch": [s.iters_per_epoch for s in plan.schedules],
+            "position": position.as_dict(),
+            "histories": histories[: index + 1],
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "trainable": self.trainable,
+            "bn_frozen": self.bn_frozen,
+            "precompute": self._precompute,
+            "size": getattr(self.data, "size", None) if self.can_resize() else None,
+            "data_seed": getattr(self.data, "seed", None),
+            "classes": list(self.data.classes) if isinstance(self.data, Labelled) else None,
+        }
+        try:
+            self.last_checkpoint = store.write(payload)
+        except OSError as exc:
+            self._checkpoint_error = f"cannot write a checkpoint to {store.folder}: {exc}"
+            warnings.warn(
+                f"{self._checkpoint_error}; the fit stops here, the model holds its weights",
+                CheckpointWarning,
+                stacklevel=user_stacklevel(),
+            )
+            state.request_stop()
+            return
+        self._checkpoint_cost = time.perf_counter() - now
+        self._checkpoint_at = time.perf_counter()
+
+    def resume_point(self, path: str | os.PathLike | None = None) -> ResumePoint:
+        """Read the checkpoint of the last unfinished run (``path``, or the newest in
+        :attr:`checkpoints`) and check it against this learner; nothing changes.
+
+        Raises :class:`~nbtrain.core.resume.CheckpointError` (a ValueError) in one line
+        when there is none, when that run finished, or when it cannot go on here (a
+        checkpoint of another model, other classes, data with another number of batches).
+        """
+        if path is None:
+            store = self.checkpoints
+            found = store.latest() if store is not None else None
+            if found is None:
+                where = store.folder if store is not None else "(checkpoint_dir is False)"
+                raise CheckpointError(
+                    f"no checkpoint to resume in {where}; a fit writes one as it runs"
+                )
+            path = found
+        path = Path(path)
+        payload = read_checkpoint(path)
+        self._check_checkpoint(payload, path)
+        stages = [Stage.from_dict(d) for d in payload["plan"]]
+        try:
+            plan = self.plan_stages(stages)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: its plan cannot run here: {exc}") from None
+        planned = [s.iters_per_epoch for s in plan.schedules]
+        if planned != list(payload["iters_per_epoch"]):
+            raise CheckpointError(
+                f"{path}: the data gives {planned[0]} batches per epoch, the run had "
+                f"{payload['iters_per_epoch'][0]}; recreate the data as it was "
+                "(same files, batch size)"
+            )
+        index, position = int(payload["stage"]), Position.from_dict(payload["position"])
+        histories = payload["histories"]
+        if payload["status"] == "done":
+            if index + 1 >= len(plan):
+                raise CheckpointError(f"{path}: that run finished; there is nothing to resume")
+            return ResumePoint(path, payload, plan, index + 1, None, histories)
+        return ResumePoint(path, payload, plan, index, position, histories)
+
+    def _check_checkpoint(self, payload: dict[str, Any], path: Path) -> None:
+        check_state_dict(self.model, payload["model"], source=str(path))
+        groups = len(payload["trainable"])
+        if groups != self.n_groups:
+            raise CheckpointError(
+                f"{path} is of a learner with {groups} layer groups; this one has {self.n_groups}"
+            )
+        classes = list(self.data.classes) if isinstance(self.data, Labelled) else None
+        if payload["classes"] is not None and classes is not None and payload["classes"] != classes:
+            raise CheckpointError(
+                f"{path} was trained on the classes {payload['classes']}; this learner's data "
+                f"has {classes}"
+            )
+        own = [len(g["params"]) for g in self.opt.state_dict()["param_groups"]]
+        theirs = [len(g["params"]) for g in payload["optimizer"]["param_groups"]]
+        if own != theirs:
+            raise CheckpointError(f"{path}: its optimizer has other parameter groups than this one")
+
+    def _restore(self, point: ResumePoint) -> None:
+        """Put back what the checkpoint holds: weights, freeze state, optimizer, grad
+        scaler, image size, precompute and random states."""
+        p = point.payload
+        if p["size"] is not None and getattr(self.data, "size", None) != p["size"]:
+            self.set_size(int(p["size"]))
+        seed, data = p["data_seed"], self.data
+        if isinstance(data, Reseedable) and seed not in (None, getattr(data, "seed", None)):
+            data.reseed(int(seed))
+        self.model.load_state_dict(p["model"])
+        for group, flag in zip(self.groups, p["trainable"], strict=True):
+            G.set_trainable(group, bool(flag))
+        self.bn_frozen = bool(p["bn_frozen"])
+        self.opt.load_state_dict(p["optimizer"])
+        if self.scaler is not None and p["scaler"] is not None:
+            self.scaler.load_state_dict(p["scaler"])
+        self._precompute = bool(p["precompute"])
+        if point.start is None:  # the next stage starts where the finished one ended
+            rng = Position.from_dict(p["position"]).rng_epoch
+            set_rng_state(rng, loader_generator(self.data.train))
+        if not self.fits:  # a fresh learner (a restarted kernel): the run's finished stages
+            for index in range(point.first):
+                schedule = point.plan.schedules[index]
+                state = TrainState(
+                    schedule=schedule, fit=len(self.fits), plan=point.plan, stage=index
+                )
+                state.history = [_record(r) for r in point.histories[index]]
+                state.it, state.status = schedule.total_iters, "done"
+                self.fits.append(state)
+
+    def resume(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        save_snapshots: str | None = None,
+        listeners: Sequence[object] = (),
+    ) -> list[TrainState]:
+        """Go on with the last unfinished run (stopped, interrupted, failed, or cut off
+        by a dead kernel) from its newest checkpoint, or from ``path``.
+
+        The weights, optimizer and grad-scaler state, freeze state, image size and every
+        random state are put back, and the run's plan continues: the same SGDR curve,
+        the later stages as planned. In a restarted kernel, build the learner as before
+        (same model and data), then call this. With ``num_workers=0`` the result is bit
+        for bit that of a run never interrupted (see :mod:`nbtrain.core.resume`).
+        Returns the states of the stages run now.
+        """
+        return self.fit_stages(
+            self.resume_point(path), save_snapshots=save_snapshots, listeners=listeners
+        )
+
+
+def _record(values: dict[str, Any]) -> EpochRecord:
+    values = dict(values)
+    values["lrs"] = tuple(values["lrs"])
+    return EpochRecord(**values)

@@ -11,6 +11,11 @@ How a fit ends (``state.status``):
 - ``diverged``: the loss became NaN or infinite; the weights and optimizer state of the
   last finished epoch (or of the fit's start) are restored, and a warning says so;
 - ``failed``: any other exception, re-raised; the model holds the last finished batch.
+
+``on_checkpoint(state, position)`` is called at every epoch end and once more as the fit
+ends, however it ends (``state.status`` says how), with the :class:`Position` to resume
+from; passing that position back as ``start`` continues the fit exactly (see
+:mod:`nbtrain.core.resume`).
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any
 
 from nbtrain.core.events import Events
+from nbtrain.core.resume import Position, loader_generator, rng_state, set_rng_state
 from nbtrain.core.schedules import SGDRSchedule
 from nbtrain.core.snapshot import TrainingSnapshot, clone_state_dict
 from nbtrain.core.state import EpochRecord, SmoothedLoss, Snapshot, TrainState
@@ -44,6 +50,8 @@ def fit(
     events: Events | None = None,
     state: TrainState | None = None,
     on_snapshot: Callable[[Snapshot], None] | None = None,
+    on_checkpoint: Callable[[TrainState, Position], None] | None = None,
+    start: Position | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> TrainState:
     """Train ``stepper.model`` on ``train`` following ``schedule``; validate each epoch.
@@ -65,11 +73,17 @@ def fit(
     on_snapshot
         Called at the end of every cycle with its :class:`Snapshot` (CPU copy of the
         weights and the validation figures).
+    on_checkpoint
+        Called with the state and the :class:`Position` at every epoch end and as the
+        fit ends (not after a divergence: the weights are back at an earlier epoch).
+    start
+        A :class:`Position` written by an earlier, unfinished run of this schedule:
+        the fit goes on from there (``state.history`` should hold the epochs before).
     """
     events = events or Events()
     state = state or TrainState(schedule=schedule)
     state.schedule = schedule
-    run = _Run(stepper, train, valid, events, state, on_snapshot, clock)
+    run = _Run(stepper, train, valid, events, state, on_snapshot, on_checkpoint, start, clock)
     events.emit("fit_start", state)
     try:
         with run.guard:
@@ -85,7 +99,10 @@ def fit(
         raise
     finally:
         state.elapsed = clock() - run.start
-        events.emit("fit_end", state)
+        try:
+            run.checkpoint()
+        finally:
+            events.emit("fit_end", state)
     if state.status == "interrupted":  # a SIGINT caught by the guard
         raise KeyboardInterrupt(state.message)
     return state
@@ -102,16 +119,31 @@ class _Run:
         events: Events,
         state: TrainState,
         on_snapshot: Callable[[Snapshot], None] | None,
+        on_checkpoint: Callable[[TrainState, Position], None] | None,
+        start: Position | None,
         clock: Callable[[], float],
     ) -> None:
         self.stepper, self.train, self.valid = stepper, train, valid
         self.events, self.state, self.on_snapshot, self.clock = events, state, on_snapshot, clock
+        self.on_checkpoint = on_checkpoint
         self.schedule = state.schedule
+        self.generator = loader_generator(train)
+        # Where the fit is; ``resuming`` until the first epoch has gone on from ``start``.
+        self.position = start if start is not None else Position()
+        self.resuming = start is not None
         self.smooth = SmoothedLoss()
+        self.smooth.count, self.smooth.avg = self.position.smooth_count, self.position.smooth_avg
         self.guard = InterruptGuard(on_interrupt=state.request_stop)
         # The weights a divergence goes back to: the fit's start, then each epoch's end.
         self.last_good = self._capture()
-        self.start = clock()
+        self.start = clock() - self.position.elapsed
+
+    def checkpoint(self) -> None:
+        """Hand the position to ``on_checkpoint`` (not after a divergence: the weights
+        went back to an epoch's start, which the position no longer describes)."""
+        if self.on_checkpoint is not None and self.state.status != "diverged":
+            self.position.elapsed = self.state.elapsed
+            self.on_checkpoint(self.state, self.position)
 
     def _capture(self) -> TrainingSnapshot:
         s = self.stepper
@@ -121,18 +153,18 @@ class _Run:
         """Every planned epoch; sets ``state.status`` unless an exception ends the fit."""
         schedule, state, events = self.schedule, self.state, self.events
         ends = set(schedule.cycle_end_epochs)
-        it = 0
+        position = self.position
         self.stepper.set_train_mode()
-        for epoch in range(schedule.epochs):
-            state.epoch, state.cycle = epoch, schedule.cycle_of(it)
-            if it in schedule.cycle_starts:
+        for epoch in range(position.epoch, schedule.epochs):
+            first_it = epoch * schedule.iters_per_epoch
+            state.it, state.epoch, state.cycle = position.it, epoch, schedule.cycle_of(first_it)
+            if first_it in schedule.cycle_starts and position.batch == 0:
                 events.emit("cycle_start", state)
             events.emit("epoch_start", state)
             epoch_start = self.clock()
-            n_batches, epoch_loss = self.batches(epoch, it)
+            n_batches, epoch_loss = self.batches(epoch)
             if n_batches is None:
                 return  # diverged
-            it += n_batches
             if state.stop_requested and n_batches < schedule.iters_per_epoch:
                 _stop(state, self.guard)
                 return
@@ -141,22 +173,54 @@ class _Run:
                     f"the training loader gave {n_batches} batches, the plan expects "
                     f"{schedule.iters_per_epoch} per epoch"
                 )
+            # A spent loader may still draw (a RandomSampler draws once more at its end).
+            position.validating, position.rng_now = True, rng_state(self.generator)
             self.end_epoch(epoch, epoch_loss / max(n_batches, 1), self.clock() - epoch_start)
             if epoch in ends:
                 self.end_cycle(epoch)
+            # The next epoch starts here: its random states are today's.
+            position.epoch, position.batch, position.epoch_loss = epoch + 1, 0, 0.0
+            position.validating = False
+            position.rng_epoch = rng_state(self.generator)
+            if epoch + 1 < schedule.epochs:
+                self.checkpoint()  # the last one is written as the fit ends
             if state.stop_requested:
                 _stop(state, self.guard)
                 return
         state.status = "done"
 
-    def batches(self, epoch: int, it: int) -> tuple[int | None, float]:
-        """One epoch's training batches from iteration ``it``: how many ran and their
-        summed loss; ``(None, ...)`` when the loss diverged (the last good weights are
-        back and ``state`` says so)."""
-        schedule, state, events = self.schedule, self.state, self.events
-        n_batches, epoch_loss = 0, 0.0
-        for batch_index, batch in enumerate(self.train):
-            if batch_index >= schedule.iters_per_epoch:
+    def _epoch_batches(self) -> Iterator[Any]:
+        """The epoch's batches, from where the position says.
+
+        A new epoch records the random states before the loader draws its order. A
+        resumed one restores them, draws the same batches again and drops those already
+        trained on (which leaves the loader's generator, sampler and workers where they
+        were), then restores the global random states of that batch boundary.
+        """
+        position = self.position
+        if not self.resuming:
+            position.rng_epoch = rng_state(self.generator)
+            return iter(self.train)
+        self.resuming = False
+        if position.validating:  # every batch ran; the loader is spent
+            set_rng_state(position.rng_now, self.generator)
+            return iter(())
+        set_rng_state(position.rng_epoch, self.generator)
+        batches = iter(self.train)
+        for _ in range(position.batch):
+            next(batches)
+        if position.batch > 0:
+            set_rng_state(position.rng_now)  # not the loader's: the replay put it back
+        return batches
+
+    def batches(self, epoch: int) -> tuple[int | None, float]:
+        """One epoch's training batches, from the position's: how many ran in all and
+        their summed loss; ``(None, ...)`` when the loss diverged (the last good
+        weights are back and ``state`` says so)."""
+        schedule, state, events, position = self.schedule, self.state, self.events, self.position
+        n_batches, epoch_loss, it = position.batch, position.epoch_loss, position.it
+        for batch in self._epoch_batches():
+            if n_batches >= schedule.iters_per_epoch:
                 break
             state.it, state.lrs = it, schedule.lrs_at(it)
             events.emit("batch_start", state)
@@ -176,6 +240,10 @@ class _Run:
             epoch_loss += loss
             state.it, state.loss, state.smooth_loss = it, loss, self.smooth.update(loss)
             state.elapsed = self.clock() - self.start
+            # A boundary to resume from: before the next batch is drawn.
+            position.it, position.batch, position.epoch_loss = it, n_batches, epoch_loss
+            position.smooth_count, position.smooth_avg = self.smooth.count, self.smooth.avg
+            position.rng_now = rng_state(self.generator)
             events.emit("batch_end", state)
             if state.stop_requested:
                 break

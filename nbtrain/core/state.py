@@ -214,15 +214,15 @@ class SmoothedLoss:
     def __init__(self, beta: float = 0.98) -> None:
         self.beta = beta
         self.count = 0
-        self._avg = 0.0
+        self.avg = 0.0
 
     def update(self, value: float) -> float:
         self.count += 1
-        self._avg = self.beta * self._avg + (1 - self.beta) * value
+        self.avg = self.beta * self.avg + (1 - self.beta) * value
         return self.value
 
     @property
     def value(self) -> float:
         if self.count == 0:
             return math.nan
-        return self._avg / (1 - self.beta**self.count)
+        return self.avg / (1 - self.beta**self.count)
