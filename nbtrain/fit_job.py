@@ -59,6 +59,7 @@ from IPython.core.error import UsageError
 
 from nbtrain.core.learner import Learner, PrecomputeWarning
 from nbtrain.core.loop import DivergedWarning
+from nbtrain.core.resume import ResumePoint
 from nbtrain.core.stages import Plan, Stage
 from nbtrain.views import frontend
 
@@ -131,6 +132,7 @@ class FitJob:
     view: Any
     handle: Any = None
     listeners: list[Any] = field(default_factory=list)  # beside the view, e.g. an epoch log
+    resume: ResumePoint | None = None  # go on with an unfinished run (its plan is ``plan``)
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -153,7 +155,9 @@ class FitJob:
 
         try:
             with routed_warnings(note):
-                self.learn.fit_stages(self.plan, listeners=listeners)
+                self.learn.fit_stages(
+                    self.plan if self.resume is None else self.resume, listeners=listeners
+                )
         finally:
             refresh_panels(self.learn)
 

@@ -22,6 +22,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.utils.process import arg_split
 
 from nbtrain.core.learner import Learner
+from nbtrain.core.resume import ResumePoint
 from nbtrain.core.stages import STAGE_KEYS, Stage, StageError
 from nbtrain.fit_job import PREPARERS, FitJob, run_async, transform_async_cells
 from nbtrain.stages import parse_cell
@@ -264,6 +265,15 @@ class NbtrainMagics(Magics):
     @argument(
         "--seed", default=None, metavar="N", help="seed every RNG first, for a repeatable run"
     )
+    @argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="go on with the last unfinished run (stopped, interrupted, failed, or a kernel "
+        "that died) from its newest checkpoint in models/resume, or from PATH",
+    )
     @line_cell_magic
     def fit_cycles(self, line: str, cell: str | None = None) -> None:
         """Train with SGDR (cosine annealing with warm restarts, arXiv:1608.03983).
@@ -289,6 +299,11 @@ class NbtrainMagics(Magics):
         The display shows progress, each group's rate, the loss over the planned LR
         curve and a table per epoch; its Stop button ends training at the next batch
         boundary (later stages do not run). Without widgets: one line per epoch.
+
+        While it runs, resumable checkpoints go to models/resume (learn.checkpoint_dir).
+        After a Stop, an interrupt, an error or a dead kernel (rebuild the learner as
+        before first), go on from where it stopped, on the same curve:
+            %fit_cycles learn --resume
         """
         job = self.prepare_fit(line, cell)
         error: BaseException | None = None
@@ -303,14 +318,35 @@ class NbtrainMagics(Magics):
     def prepare_fit(self, line: str, cell: str | None) -> FitJob:
         """Parse the line and cell, plan every stage on the learner (which checks them)
         and display the view: nothing runs yet."""
-        learn, wheres, stages = self.parse_fit(line, cell)
-        try:
-            plan = learn.plan_stages(stages)
-        except StageError as exc:
-            raise UsageError(f"{wheres[exc.index]}: {exc.reason}") from None
+        args = self._parse(self.fit_cycles, line)
+        point = None
+        if args.resume is not None:
+            learn, point = self.parse_resume(args, cell)
+            plan = point.plan
+        else:
+            learn, wheres, stages = self.parse_fit(line, cell)
+            try:
+                plan = learn.plan_stages(stages)
+            except StageError as exc:
+                raise UsageError(f"{wheres[exc.index]}: {exc.reason}") from None
         view, handle, listeners = show.fit_progress(plan, learn, widgets=self._widgets())
         self.last["fit_cycles"] = view
-        return FitJob(learn, plan, view, handle, listeners=listeners)
+        return FitJob(learn, plan, view, handle, listeners=listeners, resume=point)
+
+    def parse_resume(self, args: Any, cell: str | None) -> tuple[Learner, ResumePoint]:
+        """The learner and its checked checkpoint for ``--resume [PATH]``; the run goes on
+        with the checkpoint's plan, so nothing else may be given."""
+        given = [key for key in STAGE_KEYS if getattr(args, key, None) is not None]
+        if given or (cell is not None and self._cell(cell)):
+            what = f"--{given[0].replace('_', '-')}" if given else "stage lines"
+            raise UsageError(
+                f"--resume goes on with the plan in the checkpoint; {what} cannot be given with it"
+            )
+        learn = self._learner(args.learner)
+        try:
+            return learn, learn.resume_point(args.resume or None)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     def parse_fit(self, line: str, cell: str | None) -> tuple[Learner, list[str], list[Stage]]:
         """The learner, and each stage with where it was written (``"line 3"``), its

@@ -566,3 +566,75 @@ def test_a_typo_in_an_option_gets_a_did_you_mean(ip, learn):
     with pytest.raises(UsageError) as err:
         ip.run_line_magic("layers", "learn --bogus")
     assert "--lr" not in str(err.value)
+
+
+# ---------------------------------------------------------------- --resume
+RESUME_CELL = "lr=0.05 cycles=2\nunfreeze lr=[0.01, 0.02, 0.05] cycles=2 cycle_mult=2\n"
+
+
+def seeded_learner(ip, tmp_path) -> Learner:
+    torch.manual_seed(0)
+    train = DataLoader(
+        xor_data(64, seed=0), batch_size=16, shuffle=True, generator=torch.Generator()
+    )
+    valid = DataLoader(xor_data(32, seed=1), batch_size=32)
+    ip.user_ns["learn"] = learner = Learner(
+        make_mlp(), DataLoaders(train, valid), device="cpu", path=tmp_path
+    )
+    learner.freeze()
+    return learner
+
+
+def test_resume_goes_on_with_the_cells_plan_to_the_same_weights(ip, tmp_path):
+    reference = seeded_learner(ip, tmp_path / "reference")
+    with capture_output():
+        ip.run_cell_magic("fit_cycles", "learn --seed 0", RESUME_CELL)
+    expected = model_state(reference.model)
+
+    learn = seeded_learner(ip, tmp_path / "run")
+
+    class StopInStage2:  # a Stop click in the second stage's second epoch
+        def on_batch_end(self, state):
+            if state.stage == 1 and state.it == 6:
+                learn.request_stop()
+
+    learn.events.subscribe(StopInStage2())
+    with capture_output():
+        ip.run_cell_magic("fit_cycles", "learn --seed 0", RESUME_CELL)
+    assert [s.status for s in learn.fits] == ["done", "stopped"]
+    learn.events = type(learn.events)()  # the Stop handler goes
+
+    with capture_output() as out:
+        ip.run_line_magic("fit_cycles", "learn --resume")
+    text = shown(out)
+    assert "resumed: stage 2/2, epoch 2, iteration 6/12 (stopped run, run-" in text
+    # the table shows the part already done (epochs 1-3) before the epochs run now (4-5)
+    rows = [line.split()[:2] for line in text.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert rows == [["1", "1"], ["1", "2"], ["2", "3"], ["2", "4"], ["2", "5"]], text
+    assert [s.status for s in learn.fits] == ["done", "stopped", "done"]
+    assert_same_state(model_state(learn.model), expected)
+    view = last_view("fit_cycles", ip)
+    assert [row["epoch"] for row in view.tracker.rows] == [1, 2, 3, 4, 5]
+
+    with pytest.raises(UsageError, match="that run finished; there is nothing to resume"):
+        ip.run_line_magic("fit_cycles", "learn --resume")
+
+
+@pytest.mark.parametrize(
+    ("line", "cell", "message"),
+    [
+        ("learn --resume --lr 0.1", None, "--lr cannot be given with it"),
+        ("learn --resume", "lr=0.1 cycles=1\n", "stage lines cannot be given with it"),
+        ("learn --resume", None, "no checkpoint to resume in .*models/resume"),
+        ("learn --resume nowhere.ckpt", None, "no checkpoint at nowhere.ckpt"),
+    ],
+)
+def test_resume_mistakes_are_one_line(ip, learn, line, cell, message):
+    before = snapshot(learn)
+    with pytest.raises(UsageError, match=message) as info:
+        if cell is None:
+            ip.run_line_magic("fit_cycles", line)
+        else:
+            ip.run_cell_magic("fit_cycles", line, cell)
+    assert "\n" not in str(info.value)
+    assert_unchanged(learn, before)

@@ -549,6 +549,9 @@ class Learner:
                 state = TrainState(
                     schedule=schedule, fit=len(self.fits), plan=plan, stage=index, _stop=stop
                 )
+                if point is not None and index == first:
+                    state.resumed = point.describe()
+                    state.prior = [[_record(r) for r in h] for h in histories[:index]]
                 if start is None:
                     self._apply(stage)
                     seed = stage.seed

@@ -160,6 +160,10 @@ class TrainState:
     schedules there at the first ``fit_start``. ``lrs`` holds the rate of every
     layer group for the current iteration. ``smooth_loss`` is the debiased exponential
     moving average (beta 0.98) of the training loss.
+
+    A fit that goes on from a checkpoint (``learn.resume()``) has ``resumed`` set to
+    where it went on from, ``history`` holding its epochs before, and ``prior`` the
+    histories of the run's earlier stages, so that a view can show the part already done.
     """
 
     schedule: SGDRSchedule
@@ -178,6 +182,8 @@ class TrainState:
     elapsed: float = 0.0
     status: str = "running"  # running | done | stopped | interrupted | diverged | failed
     message: str = ""
+    resumed: str = ""
+    prior: list[list[EpochRecord]] = field(default_factory=list, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property

@@ -323,6 +323,17 @@ class ProgressView(W.VBox):
         self.stage = self.tracker.stage + 1
         self.status = "running"
         self._set_title()
+        if state.resumed and self.tracker.rows and not self.rows:  # the part already done
+            tr = self.tracker
+            self.rows = list(tr.rows)
+            self._valid.extend(
+                (it, row["valid_loss"])
+                for it, row in zip(tr.row_iters, tr.rows, strict=True)
+                if row.get("valid_loss") is not None
+            )
+            self.table.value = html_table(tr.columns(), tr.cells, css="nbtrain-epochs")
+        if state.resumed:
+            self.status_html.value = f"resumed: {escape(state.resumed)}"
         if self._stop.is_set():  # Stop pressed before this stage began
             state.request_stop()
         self._spent(cost)

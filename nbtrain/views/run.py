@@ -13,7 +13,7 @@ from typing import Any
 
 from nbtrain.core.schedules import SGDRSchedule
 from nbtrain.core.stages import Plan, Stage
-from nbtrain.core.state import TrainState, validation_score
+from nbtrain.core.state import EpochRecord, TrainState, validation_score
 from nbtrain.views.format import (
     best_text,
     epoch_cells,
@@ -63,6 +63,7 @@ class RunTracker:
         self.finished_seconds = 0.0  # training time of the stages already ended
         self.states: list[TrainState] = []
         self.rows: list[dict[str, Any]] = []
+        self.row_iters: list[int] = []  # the run-wide iteration at each row's epoch end
         self.cells: list[list[str]] = []
         self.metric_names: list[str] = []
         self.cycle_ends: list[dict[str, Any]] = []  # rows that ended a cycle: the snapshots
@@ -114,6 +115,15 @@ class RunTracker:
 
     # ---- events ----------------------------------------------------------------------
     def start_stage(self, state: TrainState) -> None:
+        """A stage begins; a run resumed from a checkpoint begins at its stage, with the
+        epochs already done (``state.prior`` and ``state.history``) as rows."""
+        plan = state.plan
+        if state.resumed and self.stage < 0 and plan is not None:
+            if not self.plans:  # a view subscribed without a plan: the run's
+                self.plans, self.labels = list(plan.schedules), plan_labels(plan)
+            if list(plan.schedules) == self.plans:
+                self._resume(state)
+                return
         self.stage += 1
         if self.stage >= len(self.plans):
             plan = state.plan
@@ -126,25 +136,38 @@ class RunTracker:
         self.states.append(state)
         self._recount()
 
+    def _resume(self, state: TrainState) -> None:
+        for index, records in enumerate([*state.prior, state.history]):
+            self.stage = index if index < len(state.prior) else state.stage
+            self._recount()
+            for record in records:
+                self._add(record, self.plans[self.stage], fit=-1)
+        self.stage = state.stage
+        self.states.append(state)
+        self._recount()
+
     def end_epoch(self, state: TrainState) -> list[str]:
         """Record the epoch just finished; returns its table cells."""
-        record = state.history[-1]
+        return self._add(state.history[-1], state.schedule, fit=state.fit)
+
+    def _add(self, record: EpochRecord, schedule: SGDRSchedule, *, fit: int) -> list[str]:
         if not self.metric_names:
             self.metric_names = list(record.metrics)
-        epoch, cycle = self.global_epoch(state), self.global_cycle(state)
+        epoch = self._epoch_offset + record.epoch + 1
+        cycle = self._cycle_offset + record.cycle + 1
         stage = self.stage + 1 if self.n_stages > 1 else None
         cells = epoch_cells(record, epoch=epoch, cycle=cycle, stage=stage)
         row = {"stage": self.stage + 1, **record.as_dict(), "epoch": epoch, "cycle": cycle}
         self.rows.append(row)
         self.cells.append(cells)
-        if state.epoch in state.schedule.cycle_end_epochs:
-            self._end_cycle(state, row)
+        self.row_iters.append(self._it_offset + (record.epoch + 1) * schedule.iters_per_epoch)
+        if record.epoch in schedule.cycle_end_epochs and fit >= 0:  # a snapshot exists
+            self._end_cycle(record, row, fit=fit)
         return cells
 
-    def _end_cycle(self, state: TrainState, row: dict[str, Any]) -> None:
+    def _end_cycle(self, record: EpochRecord, row: dict[str, Any], *, fit: int) -> None:
         """A cycle ended, so the learner took a snapshot: is it the best of the run?"""
-        record = state.history[-1]
-        row = {**row, "fit": state.fit, "fit_cycle": state.cycle}
+        row = {**row, "fit": fit, "fit_cycle": record.cycle}
         self.cycle_ends.append(row)
         score = validation_score(record.valid_loss, record.metrics)
         if score is not None and (self._best_score is None or score > self._best_score):
@@ -179,7 +202,7 @@ class RunTracker:
 
     def skipped(self) -> int:
         """Stages planned but never started."""
-        return max(self.n_stages - len(self.states), 0)
+        return max(self.n_stages - 1 - self.stage, 0)  # a resumed run began at its stage
 
     def final_line(self, status: str, message: str) -> str:
         """The run's last line: how it ended, epochs and time, skipped stages, best."""

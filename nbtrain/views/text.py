@@ -117,11 +117,19 @@ class TextProgress:
 
     def on_fit_start(self, state: TrainState) -> None:
         tr = self.tracker
+        done = len(tr.rows)
         tr.start_stage(state)
         label = tr.labels[tr.stage]
         prefix = f"stage {tr.stage + 1}/{tr.n_stages}: " if tr.n_stages > 1 else ""
         self.block.add(f"{self.title} {prefix}{label}")
         self._header_done = False
+        if state.resumed:
+            self.block.add(f"resumed: {state.resumed}")
+            if len(tr.rows) > done:  # the part already done
+                table = text_table(tr.columns(), tr.cells[done:], min_width=7, left_first=False)
+                for line in table.splitlines():
+                    self.block.add(line)
+                self._header_done = True
 
     def on_batch_end(self, state: TrainState) -> None:
         if not self.block.live:

@@ -66,6 +66,12 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch) -> None:
+    """A learner made without ``path`` writes its checkpoints under the current folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def data() -> DataLoaders:
     train = DataLoader(xor_data(256, seed=0), batch_size=32, shuffle=True)
