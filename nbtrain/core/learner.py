@@ -3,6 +3,7 @@ checkpoints; everything else lives in the modules it calls."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -541,6 +542,10 @@ class Learner:
         states: list[TrainState] = []
         try:
             self._checkpoint_at, self._checkpoint_error = -float("inf"), None
+            store = self.checkpoints
+            if store is not None:
+                with contextlib.suppress(OSError):  # a folder we cannot write says so later
+                    store.remove_partial()
             for index in range(first, len(plan)):
                 stage, schedule = plan.stages[index], plan.schedules[index]
                 if stop.is_set():

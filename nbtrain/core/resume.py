@@ -163,6 +163,16 @@ class CheckpointStore:
             old.unlink(missing_ok=True)
         return path
 
+    def remove_partial(self) -> int:
+        """Delete the temporary files of writes that never finished (a process killed
+        mid-write leaves one); returns how many. Never read, they only take space."""
+        if not self.folder.is_dir():
+            return 0
+        partial = [p for p in self.folder.glob(".run-*.ckpt.*.tmp") if p.is_file()]
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return len(partial)
+
     def clear(self) -> None:
         for path in self.paths():
             path.unlink(missing_ok=True)
