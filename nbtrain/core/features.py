@@ -18,6 +18,7 @@ import hashlib
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from nbtrain.core.resume import load_plain
 from nbtrain.core.stepper import to_device
 
 
@@ -76,6 +78,11 @@ class Features:
         return train, valid
 
 
+class CacheWarning(UserWarning):
+    """The activation cache's disk copy could not be written or read; training goes on
+    (the activations are in memory, or are computed again)."""
+
+
 @dataclass
 class FeatureCache:
     """Body activations in memory and on disk, keyed by content (see the module doc).
@@ -94,6 +101,7 @@ class FeatureCache:
     last: Features | None = None
     _memory: dict[str, Features] = field(default_factory=dict, repr=False)
     _valid: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _told_write: bool = field(default=False, repr=False)
 
     def key(self, body: nn.Module, parts: dict[str, str]) -> str:
         h = hashlib.sha256(weights_digest(body).encode())
@@ -194,12 +202,22 @@ class FeatureCache:
         if path is None or not path.exists():
             return None
         try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-            return Features(
+            d = load_plain(path)
+            feats = Features(
                 d["train_x"], d["train_y"], d.get("valid_x"), d.get("valid_y"), key, "disk"
             )
-        except Exception:  # a damaged entry is recomputed, never trusted
-            path.unlink(missing_ok=True)
+            _check_entry(feats)
+            return feats
+        except Exception as exc:  # a damaged entry is recomputed, never trusted
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            warnings.warn(
+                f"the cached activations in {path} are damaged "
+                f"({type(exc).__name__}{': ' + reason if reason else ''}); computing them again",
+                CacheWarning,
+                stacklevel=2,
+            )
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
             return None
 
     def _write(self, feats: Features) -> None:
@@ -222,12 +240,31 @@ class FeatureCache:
                 )
             os.replace(tmp, path)
             tmp = None
-        except OSError:
-            pass  # a read-only or full disk only costs the reuse across sessions
+        except OSError as exc:  # a read-only or full disk only costs the reuse later
+            if not self._told_write:
+                self._told_write = True
+                warnings.warn(
+                    f"cannot write the activation cache to {path.parent} ({exc}); training "
+                    "goes on with the activations in memory",
+                    CacheWarning,
+                    stacklevel=2,
+                )
         finally:
             if tmp is not None:  # a failed or interrupted write leaves no partial file
                 with contextlib.suppress(OSError):
                     Path(tmp).unlink(missing_ok=True)
+
+
+def _check_entry(feats: Features) -> None:
+    """ValueError unless a disk entry is tensors of matching lengths."""
+    pairs: list[tuple[Any, Any]] = [(feats.train_x, feats.train_y)]
+    if feats.valid_x is not None or feats.valid_y is not None:
+        pairs.append((feats.valid_x, feats.valid_y))
+    for x, y in pairs:
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+            raise ValueError("an entry that is not tensors")
+        if x.dim() < 2 or y.dim() != 1 or len(x) != len(y):
+            raise ValueError(f"activations {tuple(x.shape)} for targets {tuple(y.shape)}")
 
 
 def extract(

@@ -48,6 +48,7 @@ from nbtrain.core.resume import (
     ResumePoint,
     loader_generator,
     read_checkpoint,
+    read_safely,
     set_rng_state,
 )
 from nbtrain.core.schedules import SGDRSchedule, resolve_lrs
@@ -831,7 +832,7 @@ class Learner:
         path = self._checkpoint_path(name)
         if not path.exists():
             raise FileNotFoundError(f"no checkpoint at {path}")
-        payload = torch.load(path, map_location=self.device, weights_only=True)
+        payload = read_safely(path)  # refuses a file that would run code, in one line
         state = payload.get("model") if isinstance(payload, dict) else None
         if state is None:
             raise ValueError(f"{path} is not an nbtrain checkpoint (no 'model' entry)")

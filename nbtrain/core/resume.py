@@ -201,21 +201,33 @@ def atomic_save(payload: Any, path: Path) -> None:
         os.close(dir_fd)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a resumable checkpoint safely (``weights_only``: nothing in it can run code);
-    CheckpointError, in one line, for anything else."""
-    path = Path(path)
+def load_plain(path: str | os.PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True`` on the CPU: tensors, numbers, strings and
+    containers only, so a file that would run code raises instead."""
+    with warnings.catch_warnings():  # torch's note on a foreign pickle protocol
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_safely(path: Path) -> Any:
+    """:func:`load_plain`, with CheckpointError in one line for a missing file, a
+    truncated or corrupt one, or one that would run code."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        with warnings.catch_warnings():  # torch's note on a foreign pickle protocol
-            warnings.simplefilter("ignore", UserWarning)
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+        return load_plain(path)
     except Exception as exc:  # a pickle with code, a truncated or corrupt file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path} cannot be read safely as an nbtrain checkpoint: {first[:200]}"
         ) from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a resumable checkpoint safely (``weights_only``: nothing in it can run code);
+    CheckpointError, in one line, for anything else."""
+    path = Path(path)
+    payload = read_safely(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a resumable nbtrain checkpoint")
     if payload.get("version") != VERSION:

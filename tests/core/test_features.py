@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from nbtrain.core import Learner
-from nbtrain.core.features import BodyHead, FeatureCache
+from nbtrain.core.features import BodyHead, CacheWarning, FeatureCache
 from nbtrain.core.learner import PrecomputeWarning
 
 from .conftest import TensorData, model_state, xor_data
@@ -192,5 +192,37 @@ def test_read_only_cache_folder_still_works(tmp_path):
     blocker.write_text("a file where the cache folder should be")
     learn.feature_cache = FeatureCache(blocker / "cache")
     learn.precompute = True
-    assert learn.features().source == "computed"
+    with pytest.warns(CacheWarning, match="cannot write the activation cache to .*goes on") as w:
+        assert learn.features().source == "computed"
+    assert len(w) == 1 and "\n" not in str(w[0].message)
     learn.fit_cycles(0.1)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong shapes", "code"])
+def test_a_damaged_cache_file_is_one_line_and_computed_again(tmp_path, damage):
+    learn = make_learner(tmp_path)
+    learn.precompute = True
+    first = learn.features()
+    (path,) = (tmp_path / "cache").glob("*.pt")
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00not a torch file" * 10)
+    elif damage == "wrong shapes":
+        torch.save({"train_x": torch.zeros(3, 4), "train_y": torch.zeros(5).long()}, path)
+    else:
+        import pickle
+
+        path.write_bytes(pickle.dumps(Evil()))
+    learn.feature_cache = FeatureCache(tmp_path / "cache")  # a new session: disk only
+    with pytest.warns(CacheWarning, match=r"cached activations in .* are damaged") as w:
+        again = learn.features()
+    assert len(w) == 1 and "\n" not in str(w[0].message)
+    assert again.source == "computed"
+    assert torch.equal(again.train_x, first.train_x)
+    assert not (tmp_path / "PWNED").exists()
+
+
+class Evil:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))

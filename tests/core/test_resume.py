@@ -224,16 +224,17 @@ class Evil:
         return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
 
 
-def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
+def test_a_checkpoint_that_would_run_code_is_refused_by_resume_and_load(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "run-00000001.ckpt"
     with open(bad, "wb") as f:
         pickle.dump({"format": "nbtrain-resume", "evil": Evil()}, f)
     learn = new_learner(tmp_path)
     before = weights(learn)
-    with pytest.raises(CheckpointError, match="cannot be read safely") as info:
-        learn.resume(bad)
-    assert "\n" not in str(info.value)
+    for call in (learn.resume, learn.load):
+        with pytest.raises(CheckpointError, match="cannot be read safely") as info:
+            call(bad)
+        assert "\n" not in str(info.value)
     assert not (tmp_path / "PWNED").exists()
     assert same(weights(learn), before)
 
