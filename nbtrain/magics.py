@@ -342,8 +342,11 @@ class NbtrainMagics(Magics):
             raise UsageError(
                 f"--resume goes on with the plan in the checkpoint; {what} cannot be given with it"
             )
-        learn = self._learner(args.learner)
         try:
+            if args.learner.isidentifier() and args.learner not in self.ns:
+                # a restarted kernel: build the learner again from the checkpoint
+                self.ns[args.learner] = Learner.from_checkpoint(args.resume or None)
+            learn = self._learner(args.learner)
             return learn, learn.resume_point(args.resume or None)
         except ValueError as exc:
             raise UsageError(str(exc)) from None

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader as TorchLoader
 from torch.utils.data import TensorDataset
 
 from nbtrain.core import groups as G
+from nbtrain.core.checks import whole_number
 from nbtrain.core.cpu import on_main_arena, tune_cpu
 from nbtrain.core.data import (
     Augmenting,
@@ -95,6 +96,19 @@ def sgd_momentum(params: list[dict], *, wd: float = 0.0) -> torch.optim.Optimize
 
 
 _L = TypeVar("_L", bound="Learner")
+
+
+class _ClassOrInstance:
+    """A method that does one thing called on the class and another on an instance:
+    ``Learner.resume(path)`` rebuilds a learner and resumes, ``learn.resume()`` resumes."""
+
+    def __init__(self, on_instance: str, on_class: str) -> None:
+        self.on_instance, self.on_class = on_instance, on_class
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return getattr(owner, self.on_class)
+        return getattr(obj, self.on_instance)
 
 
 class PrecomputeWarning(UserWarning):
@@ -196,6 +210,9 @@ class Learner:
         self._precompute = False
         self._told_augment = False
         self.feature_cache = FeatureCache()
+        # How to build this learner again after a kernel restart (Learner.pretrained
+        # fills it in); None: only the notebook's code can (see from_checkpoint).
+        self.source: dict[str, Any] | None = None
         self.checkpoint_dir: str | os.PathLike | bool | None = None
         self.keep_checkpoints = 2
         self.last_checkpoint: Path | None = None
@@ -719,33 +736,79 @@ class Learner:
         return {"loss": loss, **metrics}
 
     @on_main_arena
-    def evaluate(self, *, tta: bool = False) -> dict[str, float]:
+    def evaluate(self, *, tta: bool = False, ensemble: int | None = None) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ..., ...}`` on the validation set.
 
         With ``tta=True``, class probabilities are averaged over several views of each
         image (the data's ``tta_loaders()``, e.g. center, flipped and corner crops), and
-        loss and metrics are computed on the averaged prediction.
+        loss and metrics are computed on the averaged prediction. With ``ensemble=k``,
+        over the last ``k`` SGDR snapshots (:meth:`snapshot_ensemble`); both together
+        average every view of every snapshot. The model's weights are left as they were.
         """
-        if not tta:
+        if not tta and ensemble is None:
             return self.validate()
-        if not isinstance(self.data, TTAData):
+        if tta and not isinstance(self.data, TTAData):
             raise ValueError("test-time augmentation needs data with tta_loaders()")
-        probs, targets = None, None
-        loaders = self.data.tta_loaders()
+        loaders = self.data.tta_loaders() if isinstance(self.data, TTAData) and tta else [None]
+        if not loaders:
+            raise ValueError("tta_loaders() gave no views")
+        if ensemble is None:
+            probs, targets = self._averaged_preds(loaders)
+        else:
+            probs, targets = self.snapshot_ensemble(ensemble, loaders=loaders)
+        return self._scores(probs, targets)
+
+    def _averaged_preds(self, loaders: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities of the model as it is, averaged over ``loaders`` (None: the
+        validation images), which must give the same images in the same order."""
+        total, targets = None, None
         for loader in loaders:
             p, y = self.get_preds(loader)
-            probs = p if probs is None else probs + p
+            total = p if total is None else total + p
             if targets is not None and not torch.equal(targets, y):
                 raise ValueError("TTA views must give the images in the same order")
             targets = y
-        if probs is None or targets is None:
-            raise ValueError("tta_loaders() gave no views")
-        probs = probs / len(loaders)
+        assert total is not None and targets is not None  # loaders is not empty
+        return total / len(loaders), targets
+
+    def _scores(self, probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         logits = probs.clamp_min(1e-12).log()  # log-probabilities work as logits
         out = {"loss": nn.functional.nll_loss(logits, targets).item()}
         for i, metric in enumerate(self.metrics):
             out[getattr(metric, "__name__", f"metric_{i}")] = metric(logits, targets).item()
         return out
+
+    @on_main_arena
+    def snapshot_ensemble(
+        self, k: int | None = None, *, loaders: Sequence[Any] = (None,)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities averaged over the last ``k`` SGDR snapshots (default: every
+        cycle end of the last fit), and the targets: the ensemble of Huang et al.,
+        "Snapshot Ensembles: Train 1, get M for free" (arXiv:1704.00109), the other
+        half of SGDR (arXiv:1608.03983). ``loaders`` default to the validation images.
+        The model's weights are put back afterwards, also after an error.
+        """
+        if k is None:
+            last_fit = self.snapshots[-1].fit if self.snapshots else -1
+            k = sum(1 for s in self.snapshots if s.fit == last_fit)
+        k = whole_number("k", k, minimum=1)
+        if k > len(self.snapshots):
+            raise ValueError(
+                f"an ensemble of {k} snapshots needs {k} cycle ends; there are "
+                f"{len(self.snapshots)} so far"
+            )
+        kept = clone_state_dict(self.model)
+        total, targets = None, None
+        try:
+            for snap in self.snapshots[-k:]:
+                self.model.load_state_dict(snap.state_dict)
+                p, y = self._averaged_preds(list(loaders))
+                total = p if total is None else total + p
+                targets = y
+        finally:
+            self.model.load_state_dict(kept)
+        assert total is not None and targets is not None  # k >= 1
+        return total / k, targets
 
     @on_main_arena
     def get_preds(self, loader: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -919,6 +982,10 @@ class Learner:
             "size": getattr(self.data, "size", None) if self.can_resize() else None,
             "data_seed": getattr(self.data, "seed", None),
             "classes": list(self.data.classes) if isinstance(self.data, Labelled) else None,
+            "source": self.source,
+            "built_from": f"a model of class {_qualname(self.model)} and data of class "
+            f"{type(self.data).__name__}",
+            "learner_path": str(self.path.resolve()),
         }
         try:
             self.last_checkpoint = store.write(payload)
@@ -1022,7 +1089,7 @@ class Learner:
                 state.it, state.status = schedule.total_iters, "done"
                 self.fits.append(state)
 
-    def resume(
+    def _resume(
         self,
         path: str | os.PathLike | None = None,
         *,
@@ -1032,16 +1099,112 @@ class Learner:
         """Go on with the last unfinished run (stopped, interrupted, failed, or cut off
         by a dead kernel) from its newest checkpoint, or from ``path``.
 
-        The weights, optimizer and grad-scaler state, freeze state, image size and every
-        random state are put back, and the run's plan continues: the same SGDR curve,
-        the later stages as planned. In a restarted kernel, build the learner as before
-        (same model and data), then call this. With ``num_workers=0`` the result is bit
-        for bit that of a run never interrupted (see :mod:`nbtrain.core.resume`).
+        ``learn.resume()`` puts back the weights, optimizer and grad-scaler state, freeze
+        state, image size and every random state, and the run's plan continues: the
+        same SGDR curve, the later stages as planned. With ``num_workers=0`` the result
+        is bit for bit that of a run never interrupted (see :mod:`nbtrain.core.resume`).
         Returns the states of the stages run now.
+
+        ``Learner.resume(path)``, on the class (a restarted kernel), first builds the
+        learner again from the checkpoint (:meth:`from_checkpoint`), then goes on, and
+        returns that learner; where the checkpoint cannot say how (a model or data of
+        the notebook's own), one line says what to build before ``learn.resume(path)``.
         """
         return self.fit_stages(
             self.resume_point(path), save_snapshots=save_snapshots, listeners=listeners
         )
+
+    @classmethod
+    def _resume_anew(
+        cls,
+        path: str | os.PathLike | None = None,
+        *,
+        save_snapshots: str | None = None,
+        listeners: Sequence[object] = (),
+    ) -> Learner:
+        """``Learner.resume(path)``: build the checkpoint's learner again, go on with its
+        run, return the learner (see ``learn.resume``)."""
+        learn = cls.from_checkpoint(path)
+        learn._resume(learn.last_checkpoint, save_snapshots=save_snapshots, listeners=listeners)
+        return learn
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike | None = None) -> Learner:
+        """The learner of a resumable checkpoint, built again (default: the newest in
+        ``models/resume`` under the current folder), before any training is put back.
+
+        Works for learners made by :meth:`pretrained` on ``ImageData.from_folder`` or
+        ``from_csv`` data whose files are still there (the body's weights come from the
+        checkpoint, so nothing is downloaded). Otherwise raises CheckpointError in one
+        line naming what to recreate in the notebook first.
+        """
+        if path is None:
+            found = CheckpointStore(Path("models") / "resume").latest()
+            if found is None:
+                raise CheckpointError(
+                    f"no checkpoint in {Path('models', 'resume').resolve()}; give its path"
+                )
+            path = found
+        path = Path(path)
+        payload = read_checkpoint(path)
+        learn = _rebuild(cls, payload, path)
+        learn.checkpoint_dir = path.parent
+        learn.last_checkpoint = path
+        return learn
+
+    resume = _ClassOrInstance("_resume", "_resume_anew")
+
+
+def _qualname(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _rebuild(cls: type[_L], payload: dict[str, Any], path: Path) -> _L:
+    """A learner built as the checkpoint's ``source`` says, or CheckpointError naming
+    what the notebook must build first."""
+    then = f"build it as before, then call learn.resume({str(path)!r})"
+    source = payload.get("source")
+    if not source or source.get("from") != "pretrained":
+        raise CheckpointError(
+            f"{path} holds a learner built from {payload.get('built_from', 'code')} in your "
+            f"notebook, which a checkpoint cannot hold; {then}"
+        )
+    if source["arch"] is None:
+        raise CheckpointError(
+            f"{path} holds a learner whose body is a module of class {source['arch_class']} "
+            f"from your notebook; {then}"
+        )
+    if source["not_plain"]:
+        raise CheckpointError(
+            f"{path} holds a learner built with {', '.join(source['not_plain'])}, which a "
+            f"checkpoint cannot hold; {then}"
+        )
+    if source["data"] is None:
+        raise CheckpointError(
+            f"{path} holds a learner on data of class {source['data_class']}, not read by "
+            f"ImageData.from_folder or from_csv; create the data and {then}"
+        )
+    from nbtrain.vision.data import ImageData  # images: needs PIL and torchvision
+
+    try:
+        data = ImageData.from_source(source["data"], **source["data_settings"])
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot read its data again ({str(exc).splitlines()[0]}); "
+            f"create the data and {then}"
+        ) from None
+    learn = cls.pretrained(
+        data,
+        source["arch"],
+        pretrained=False,  # every weight comes from the checkpoint: nothing to download
+        dropout=source["dropout"],
+        head_init="random",
+        seed=source["seed"],
+        path=payload.get("learner_path"),
+        **source["options"],
+    )
+    learn.source = source
+    return learn
 
 
 def _record(values: dict[str, Any]) -> EpochRecord:

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL
@@ -197,6 +198,9 @@ class ImageData:
         self._mean, self._std = check_normalization(mean, std)
         self.seed = int(seed)
         self.bad_files = [Path(p) for p in bad_files]
+        # How to read this data again (set by from_folder / from_csv): what a checkpoint
+        # keeps so that Learner.resume(path) can rebuild a learner after a kernel restart.
+        self.source: dict[str, Any] | None = None
         self._idle_workers = default_device().type == "cpu"
         self._start_method = _default_start_method()
         self._loaders: dict[str, DataLoader] = {}
@@ -265,7 +269,7 @@ class ImageData:
             if bad.keys() >= set(found):
                 raise ValueError(f"class folder '{class_dir}' has no usable images (all skipped)")
         warn_bad(bad, root)
-        return cls(
+        data = cls(
             items["train"],
             items["valid"],
             classes,
@@ -279,6 +283,14 @@ class ImageData:
             seed=seed,
             bad_files=list(bad),
         )
+        data.source = {
+            "from": "folder",
+            "path": str(root.resolve()),
+            "train": train,
+            "valid": valid,
+            "seed": seed,
+        }
+        return data
 
     @classmethod
     def from_csv(
@@ -347,7 +359,7 @@ class ImageData:
         if not items["train"]:
             raise ValueError(f"no usable training images in '{image_dir}'")
         warn_bad(bad, root)
-        return cls(
+        data = cls(
             items["train"],
             items["valid"],
             classes,
@@ -361,6 +373,27 @@ class ImageData:
             seed=seed,
             bad_files=list(bad),
         )
+        data.source = {
+            "from": "csv",
+            "path": str(root.resolve()),
+            "csv": csv,
+            "folder": folder,
+            "valid_pct": valid_pct,
+            "seed": seed,
+        }
+        return data
+
+    @classmethod
+    def from_source(cls, source: dict[str, Any], **settings: Any) -> ImageData:
+        """The data :attr:`source` describes, read again (``settings``: ``size``,
+        ``bs``, ``num_workers``, ``augment``...). FileNotFoundError, in one line, when
+        its folder is not there any more."""
+        args = {k: v for k, v in source.items() if k not in ("from", "path")}
+        if source.get("from") == "folder":
+            return cls.from_folder(source["path"], **args, **settings)
+        if source.get("from") == "csv":
+            return cls.from_csv(source["path"], **args, **settings)
+        raise ValueError(f"cannot read data again from {source!r}")
 
     # ---------------------------------------------------------------- settings
     @property

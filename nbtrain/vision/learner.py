@@ -95,6 +95,42 @@ def pretrained_learner(
         group.name = name
     learn.freeze()
     learn.precompute = precompute
+    learn.source = _source(data, arch, pretrained, dropout, head_init, seed, kwargs)
     if head_init == "auto" and model.head_init != "random":  # picked by name: say which
         warn_head_init(model.head_init, stacklevel=3)  # the caller of Learner.pretrained
     return learn
+
+
+PLAIN_OPTIONS = ("wd", "mixed_precision", "train_bn", "channels_last")
+
+
+def _source(
+    data: Any,
+    arch: str | nn.Module,
+    pretrained: bool,
+    dropout: float,
+    head_init: Any,
+    seed: int | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """How to build this learner again (see ``Learner.from_checkpoint``): plain values
+    only, and the names of what a checkpoint cannot hold (a module, a function)."""
+    module = not isinstance(arch, str)
+    return {
+        "from": "pretrained",
+        "arch": None if module else arch,
+        "arch_class": f"{type(arch).__module__}.{type(arch).__qualname__}" if module else None,
+        "pretrained": pretrained,
+        "dropout": dropout,
+        "head_init": dict(head_init) if isinstance(head_init, Mapping) else head_init,
+        "seed": seed,
+        "data": getattr(data, "source", None),
+        "data_class": type(data).__name__,
+        "data_settings": {
+            name: getattr(data, name)
+            for name in ("size", "bs", "num_workers", "augment")
+            if isinstance(getattr(data, name, None), int | bool)
+        },
+        "options": {k: v for k, v in options.items() if k in PLAIN_OPTIONS and k != "device"},
+        "not_plain": sorted(k for k in options if k not in (*PLAIN_OPTIONS, "device", "path")),
+    }
