@@ -50,7 +50,6 @@ from nbtrain.core.resume import (
     loader_generator,
     read_checkpoint,
     read_safely,
-    set_rng_state,
 )
 from nbtrain.core.schedules import SGDRSchedule, resolve_lrs
 from nbtrain.core.snapshot import check_state_dict, clone_state_dict
@@ -1078,7 +1077,8 @@ class Learner:
         self._precompute = bool(p["precompute"])
         if point.start is None:  # the next stage starts where the finished one ended
             rng = Position.from_dict(p["position"]).rng_epoch
-            set_rng_state(rng, loader_generator(self.data.train))
+            if rng is not None:
+                rng.restore(loader_generator(self.data.train))
         if not self.fits:  # a fresh learner (a restarted kernel): the run's finished stages
             for index in range(point.first):
                 schedule = point.plan.schedules[index]

@@ -30,7 +30,7 @@ from types import FrameType
 from typing import Any
 
 from nbtrain.core.events import Events
-from nbtrain.core.resume import Position, loader_generator, rng_state, set_rng_state
+from nbtrain.core.resume import BoundaryStates, Position, RNGStates, loader_generator
 from nbtrain.core.schedules import SGDRSchedule
 from nbtrain.core.snapshot import TrainingSnapshot, clone_state_dict
 from nbtrain.core.state import EpochRecord, SmoothedLoss, Snapshot, TrainState
@@ -128,6 +128,7 @@ class _Run:
         self.on_checkpoint = on_checkpoint
         self.schedule = state.schedule
         self.generator = loader_generator(train)
+        self.rng = BoundaryStates(self.generator)
         # Where the fit is; ``resuming`` until the first epoch has gone on from ``start``.
         self.position = start if start is not None else Position()
         self.resuming = start is not None
@@ -174,14 +175,14 @@ class _Run:
                     f"{schedule.iters_per_epoch} per epoch"
                 )
             # A spent loader may still draw (a RandomSampler draws once more at its end).
-            position.validating, position.rng_now = True, rng_state(self.generator)
+            position.validating, position.rng_now = True, RNGStates.capture(self.generator)
             self.end_epoch(epoch, epoch_loss / max(n_batches, 1), self.clock() - epoch_start)
             if epoch in ends:
                 self.end_cycle(epoch)
             # The next epoch starts here: its random states are today's.
             position.epoch, position.batch, position.epoch_loss = epoch + 1, 0, 0.0
             position.validating = False
-            position.rng_epoch = rng_state(self.generator)
+            position.rng_epoch = RNGStates.capture(self.generator)
             if epoch + 1 < schedule.epochs:
                 self.checkpoint()  # the last one is written as the fit ends
             if state.stop_requested:
@@ -199,18 +200,22 @@ class _Run:
         """
         position = self.position
         if not self.resuming:
-            position.rng_epoch = rng_state(self.generator)
+            position.rng_epoch = self.rng.epoch_start()
             return iter(self.train)
         self.resuming = False
-        if position.validating:  # every batch ran; the loader is spent
-            set_rng_state(position.rng_now, self.generator)
+        epoch, now = position.rng_epoch, position.rng_now
+        if epoch is None or (now is None and (position.validating or position.batch > 0)):
+            raise ValueError("the position to resume from has no random states")
+        if position.validating and now is not None:  # every batch ran; the loader is spent
+            now.restore(self.generator)
             return iter(())
-        set_rng_state(position.rng_epoch, self.generator)
+        epoch.restore(self.generator)
+        self.rng.epoch_start(epoch)
         batches = iter(self.train)
         for _ in range(position.batch):
             next(batches)
-        if position.batch > 0:
-            set_rng_state(position.rng_now)  # not the loader's: the replay put it back
+        if position.batch > 0 and now is not None:
+            now.restore(self.generator, loader=False)  # the replay put the loader's back
         return batches
 
     def batches(self, epoch: int) -> tuple[int | None, float]:
@@ -243,7 +248,7 @@ class _Run:
             # A boundary to resume from: before the next batch is drawn.
             position.it, position.batch, position.epoch_loss = it, n_batches, epoch_loss
             position.smooth_count, position.smooth_avg = self.smooth.count, self.smooth.avg
-            position.rng_now = rng_state(self.generator)
+            position.rng_now = self.rng.boundary()
             events.emit("batch_end", state)
             if state.stop_requested:
                 break

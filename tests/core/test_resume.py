@@ -275,3 +275,49 @@ def test_a_checkpoint_folder_that_cannot_be_written_stops_the_fit_cleanly(tmp_pa
     assert all(torch.isfinite(v).all() for v in weights(learn).values() if v.is_floating_point())
     learn.checkpoint_dir = False  # no checkpoints at all: the fit runs through
     assert learn.fit_stages(PLAN)[-1].status == "done"
+
+
+class NoisyXor(torch.utils.data.Dataset):
+    """A pipeline that draws from Python's and numpy's RNGs (as many transforms do)."""
+
+    def __init__(self) -> None:
+        self.base = xor_data(256)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        import numpy as np
+
+        x, y = self.base[i]
+        noise = random.gauss(0, 0.05) + float(np.random.normal(0, 0.05))
+        return x + noise, y
+
+
+def noisy_learner(tmp_path, *, init_seed: int = 0) -> Learner:
+    torch.manual_seed(init_seed)
+    train = DataLoader(NoisyXor(), batch_size=32, shuffle=True)
+    valid = DataLoader(xor_data(128, seed=1), batch_size=64)
+    return Learner(make_mlp(), DataLoaders(train, valid), device="cpu", path=tmp_path)
+
+
+@pytest.mark.parametrize("at", [5, 12, 30])
+def test_a_pipeline_drawing_from_python_and_numpy_resumes_bit_for_bit(tmp_path, at):
+    import numpy as np
+
+    def seeded(learn):
+        random.seed(0)
+        np.random.seed(0)
+        return learn
+
+    ref = seeded(noisy_learner(tmp_path / "ref"))
+    ref.fit_stages(PLAN)
+    run = seeded(noisy_learner(tmp_path / "run"))
+    with pytest.raises(KeyboardInterrupt):
+        run.fit_stages(PLAN, listeners=[Interrupt(at, "batch_end")])
+    fresh = noisy_learner(tmp_path / "fresh", init_seed=3)
+    random.seed(99)
+    np.random.seed(99)
+    fresh.checkpoint_dir = run.checkpoints.folder
+    fresh.resume()
+    assert same(weights(fresh), weights(ref))
