@@ -215,6 +215,8 @@ class Learner:
         self.checkpoint_dir: str | os.PathLike | bool | None = None
         self.keep_checkpoints = 2
         self.last_checkpoint: Path | None = None
+        self.checkpoint_writes = 0  # in the last run: how many, and their seconds
+        self.checkpoint_seconds = 0.0
         self._checkpoint_cost = 0.0
         self._checkpoint_at = -float("inf")
         self._checkpoint_error: str | None = None
@@ -559,6 +561,7 @@ class Learner:
         states: list[TrainState] = []
         try:
             self._checkpoint_at, self._checkpoint_error = -float("inf"), None
+            self.checkpoint_writes, self.checkpoint_seconds = 0, 0.0
             store = self.checkpoints
             if store is not None:
                 with contextlib.suppress(OSError):  # a folder we cannot write says so later
@@ -999,6 +1002,8 @@ class Learner:
             return
         self._checkpoint_cost = time.perf_counter() - now
         self._checkpoint_at = time.perf_counter()
+        self.checkpoint_writes += 1
+        self.checkpoint_seconds += self._checkpoint_cost
 
     def resume_point(self, path: str | os.PathLike | None = None) -> ResumePoint:
         """Read the checkpoint of the last unfinished run (``path``, or the newest in
