@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from nbtrain.core.resume import load_plain
+from nbtrain.core.resume import load_plain, os_error_of
 from nbtrain.core.stepper import to_device
 
 
@@ -240,11 +240,14 @@ class FeatureCache:
                 )
             os.replace(tmp, path)
             tmp = None
-        except OSError as exc:  # a read-only or full disk only costs the reuse later
+        except (OSError, RuntimeError) as exc:  # a read-only or full disk costs the reuse
+            cause = os_error_of(exc)
+            if cause is None:  # not the disk's doing
+                raise
             if not self._told_write:
                 self._told_write = True
                 warnings.warn(
-                    f"cannot write the activation cache to {path.parent} ({exc}); training "
+                    f"cannot write the activation cache to {path.parent} ({cause}); training "
                     "goes on with the activations in memory",
                     CacheWarning,
                     stacklevel=2,

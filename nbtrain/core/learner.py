@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import os
 import random
-import tempfile
 import threading
 import time
 import warnings
@@ -47,6 +46,7 @@ from nbtrain.core.resume import (
     CheckpointStore,
     Position,
     ResumePoint,
+    atomic_save,
     loader_generator,
     read_checkpoint,
     read_safely,
@@ -882,14 +882,7 @@ class Learner:
             "trainable": self.trainable,
             "optimizer": self.opt.state_dict() if with_opt else None,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_save(payload, path)  # temporary file, fsync, rename: never half a file
         return path
 
     def load(self, name: str | os.PathLike, *, with_opt: bool = True) -> Path:
@@ -984,6 +977,19 @@ class Learner:
             "size": getattr(self.data, "size", None) if self.can_resize() else None,
             "data_seed": getattr(self.data, "seed", None),
             "classes": list(self.data.classes) if isinstance(self.data, Labelled) else None,
+            "snapshots": [  # what each cycle end scored (their weights stay in memory)
+                {
+                    "fit": snap.fit,
+                    "cycle": snap.cycle,
+                    "epoch": snap.epoch,
+                    "valid_loss": snap.valid_loss,
+                    "metrics": dict(snap.metrics),
+                }
+                for snap in self.snapshots
+            ],
+            "cache_key": self.feature_cache.last.key
+            if self.uses_cache and self.feature_cache.last is not None
+            else None,
             "source": self.source,
             "built_from": f"a model of class {_qualname(self.model)} and data of class "
             f"{type(self.data).__name__}",

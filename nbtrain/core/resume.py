@@ -25,6 +25,7 @@ it loads with ``torch.load(weights_only=True)``: a file that would run code is r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -271,8 +272,12 @@ def atomic_save(payload: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
+        cause = os_error_of(exc)
+        if cause is not None and cause is not exc:
+            raise cause from None  # torch's zip writer reports a full disk as RuntimeError
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -290,6 +295,19 @@ def load_plain(path: str | os.PathLike) -> Any:
     with warnings.catch_warnings():  # torch's note on a foreign pickle protocol
         warnings.simplefilter("ignore", UserWarning)
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def os_error_of(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (itself, or what it was raised while handling), if any:
+    ``torch.save`` to a full disk raises a RuntimeError from its zip writer."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def read_safely(path: Path) -> Any:

@@ -226,3 +226,24 @@ def test_a_damaged_cache_file_is_one_line_and_computed_again(tmp_path, damage):
 class Evil:
     def __reduce__(self):
         return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_a_full_disk_under_the_cache_is_one_line_and_training_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    import nbtrain.core.features as features
+
+    def full_disk(payload, f):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+
+    learn = make_learner(tmp_path)
+    learn.precompute = True
+    learn.checkpoint_dir = False  # torch.save is torch.save everywhere: the cache's alone here
+    monkeypatch.setattr(features.torch, "save", full_disk)
+    with pytest.warns(CacheWarning, match="No space left on device.*goes on") as w:
+        assert learn.fit_cycles(0.1, cycles=2).status == "done"
+    assert len(w) == 1
+    assert not list((tmp_path / "cache").glob("*"))  # no partial file

@@ -321,3 +321,27 @@ def test_a_pipeline_drawing_from_python_and_numpy_resumes_bit_for_bit(tmp_path, 
     fresh.checkpoint_dir = run.checkpoints.folder
     fresh.resume()
     assert same(weights(fresh), weights(ref))
+
+
+def test_a_full_disk_stops_the_fit_cleanly_in_one_line(tmp_path, monkeypatch):
+    # torch.save to a full disk fails in its zip writer: a RuntimeError raised while
+    # handling the OSError (ENOSPC); bench/faults.py does it on a real, full tmpfs.
+    import errno
+
+    import nbtrain.core.resume as resume
+
+    def full_disk(payload, f):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+
+    learn = new_learner(tmp_path)
+    monkeypatch.setattr(resume.torch, "save", full_disk)
+    with pytest.warns(UserWarning, match=r"No space left on device; the fit stops here") as w:
+        state = learn.fit_stages(PLAN)[-1]
+    assert len(w) == 1 and "\n" not in str(w[0].message)
+    assert state.status == "stopped" and not list(learn.checkpoints.folder.glob("*"))
+    monkeypatch.undo()
+    learn.checkpoint_dir = False
+    assert learn.fit_cycles(0.05).status == "done"  # the learner goes on
