@@ -488,6 +488,7 @@ def test_stop_click_reaches_a_fit_in_a_real_kernel(tmp_path, monkeypatch):
     km, kc = manager.start_new_kernel(kernel_name="python3", cwd=str(repo))
     try:
         assert execute(kc, SETUP) == []
+        assert execute(kc, f"learn.path = __import__('pathlib').Path({str(tmp_path)!r})") == []
         found = {"stop": None, "live": False, "clicked": None}
 
         def click_when_live(msg):
@@ -534,6 +535,15 @@ def test_stop_click_reaches_a_fit_in_a_real_kernel(tmp_path, monkeypatch):
         assert len(errors) == 1 and errors[0].startswith("KeyboardInterrupt: interrupted after")
         report = (
             "s = learn.fits[-1]; assert s.status == 'interrupted' and s.it < s.total_iters\n"
+            "stopped_at = s.it"
+        )
+        assert execute(kc, report) == []
+        # the interrupted fit goes on in the kernel's worker thread, from where it stopped
+        assert execute(kc, "%fit_cycles learn --resume", timeout=300) == []
+        report = (
+            "s = learn.fits[-1]; assert s.status == 'done' and s.it == s.total_iters, s\n"
+            "assert s.resumed.startswith(f'epoch '), s.resumed\n"
+            "assert f'iteration {stopped_at}/' in s.resumed, (stopped_at, s.resumed)\n"
             "assert learn.fit_cycles(0.05, 1).status == 'done'"
         )
         assert execute(kc, report) == []
