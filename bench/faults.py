@@ -68,6 +68,11 @@ def kill_campaign(kills: int, seed: int) -> dict[str, int]:
         counts["in_write"] += in_write
         store = CheckpointStore(folder)
         partial = list(folder.glob(".run-*.tmp")) if folder.is_dir() else []
+        for path in store.paths():  # what resume may pick: every one must be whole
+            try:
+                read_checkpoint(path)
+            except ValueError:
+                counts["partial_read"] += 1
         newest = store.latest()
         what = "in a write" if in_write else "between writes"
         if newest is None:
@@ -166,8 +171,8 @@ def main() -> None:
         f"  kill -9 of a training process: {counts['tries']} tries, {counts['in_write']} "
         f"during a checkpoint write, {counts['before_first']} before the first checkpoint; "
         f"{counts['resumed_exact']} resumed to the uninterrupted run's weights bit for bit, "
-        f"{counts['failures']} failures, {counts['partial_read']} partial files read; data "
-        "lost: at most the epoch in progress"
+        f"{counts['failures']} failures, {counts['partial_read']} listed checkpoints not "
+        "whole; data lost: at most the epoch in progress"
     )
     for what, outcome, detail in rows:
         print(f"  {what:28s} {outcome:8s} {detail}")
