@@ -4,11 +4,9 @@ checkpoints; everything else lives in the modules it calls."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import random
 import threading
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader as TorchLoader
 from torch.utils.data import TensorDataset
 
+from nbtrain.core import checkpoints
 from nbtrain.core import groups as G
+from nbtrain.core.checkpoints import CheckpointWarning, CheckpointWriter
 from nbtrain.core.checks import whole_number
 from nbtrain.core.cpu import on_main_arena, tune_cpu
 from nbtrain.core.data import (
@@ -40,14 +40,11 @@ from nbtrain.core.features import BodyHead, FeatureCache, Features
 from nbtrain.core.loop import fit, user_stacklevel
 from nbtrain.core.lr_range import LRRangeResult, run_lr_range
 from nbtrain.core.resume import (
-    FORMAT,
-    VERSION,
     CheckpointError,
     CheckpointStore,
     Position,
     ResumePoint,
     atomic_save,
-    loader_generator,
     read_checkpoint,
     read_safely,
 )
@@ -114,14 +111,6 @@ class PrecomputeWarning(UserWarning):
     """Precompute is on while the data is set to augment: augmentation has no effect."""
 
 
-class CheckpointWarning(UserWarning):
-    """A resumable checkpoint could not be written; the fit stops cleanly."""
-
-
-# Writing a checkpoint at an epoch end waits until this many times its last cost has
-# passed since the last one: at most ~2% of the fit (head epochs on cached activations
-# take milliseconds, and would otherwise spend most of their time writing).
-CHECKPOINT_SPACING = 50
 
 
 class Learner:
@@ -214,12 +203,7 @@ class Learner:
         self.source: dict[str, Any] | None = None
         self.checkpoint_dir: str | os.PathLike | bool | None = None
         self.keep_checkpoints = 2
-        self.last_checkpoint: Path | None = None
-        self.checkpoint_writes = 0  # in the last run: how many, and their seconds
-        self.checkpoint_seconds = 0.0
-        self._checkpoint_cost = 0.0
-        self._checkpoint_at = -float("inf")
-        self._checkpoint_error: str | None = None
+        self._writer = CheckpointWriter()
 
     @classmethod
     def pretrained(
@@ -545,7 +529,7 @@ class Learner:
         point = stages if isinstance(stages, ResumePoint) else None
         if point is not None:
             plan = point.plan
-            self._restore(point)
+            checkpoints.restore(self, point)
         else:
             plan = stages if isinstance(stages, Plan) else self.plan_stages(stages)  # type: ignore[arg-type]
         if isinstance(stages, Plan | ResumePoint) and self.plan_stages(plan.stages) != plan:
@@ -560,8 +544,7 @@ class Learner:
         self._run_stop = stop
         states: list[TrainState] = []
         try:
-            self._checkpoint_at, self._checkpoint_error = -float("inf"), None
-            self.checkpoint_writes, self.checkpoint_seconds = 0, 0.0
+            self._writer.start_run()
             store = self.checkpoints
             if store is not None:
                 with contextlib.suppress(OSError):  # a folder we cannot write says so later
@@ -576,16 +559,16 @@ class Learner:
                 )
                 if point is not None and index == first:
                     state.resumed = point.describe()
-                    state.prior = [[_record(r) for r in h] for h in histories[:index]]
+                    state.prior = [[checkpoints.record(r) for r in h] for h in histories[:index]]
                 if start is None:
                     self._apply(stage)
                     seed = stage.seed
                 else:  # the checkpoint put back the stage's settings and random states
-                    state.history = [_record(r) for r in histories[index]]
+                    state.history = [checkpoints.record(r) for r in histories[index]]
                     seed = None
 
                 def checkpoint(s: TrainState, p: Position, index: int = index) -> None:
-                    self._write_checkpoint(plan, index, histories, s, p)
+                    self._writer.write(self, plan, index, histories, s, p)
 
                 states.append(
                     self._fit(
@@ -657,8 +640,8 @@ class Learner:
                 on_checkpoint=on_checkpoint,
                 start=start,
             )
-            if self._checkpoint_error and state.status == "stopped":
-                state.message = f"{self._checkpoint_error}; {state.message}"
+            if self._writer.error and state.status == "stopped":
+                state.message = f"{self._writer.error}; {state.message}"
             return state
         finally:
             self._running = None
@@ -938,79 +921,6 @@ class Learner:
             folder = Path(self.checkpoint_dir)
         return CheckpointStore(folder, keep=max(1, int(self.keep_checkpoints)))
 
-    def _write_checkpoint(
-        self,
-        plan: Plan,
-        index: int,
-        histories: list[list[dict[str, Any]]],
-        state: TrainState,
-        position: Position,
-    ) -> None:
-        """Write where the run is (throttled at epoch ends; always as a fit ends). A
-        checkpoint that cannot be written stops the fit cleanly, with one line."""
-        store = self.checkpoints
-        while len(histories) <= index:
-            histories.append([])
-        histories[index] = [dataclasses.asdict(r) for r in state.history]
-        if store is None or self._checkpoint_error:
-            return
-        now = time.perf_counter()
-        if state.status == "running" and now - self._checkpoint_at < (
-            CHECKPOINT_SPACING * self._checkpoint_cost
-        ):
-            return
-        payload = {
-            "format": FORMAT,
-            "version": VERSION,
-            "status": state.status,
-            "stage": index,
-            "plan": [s.as_dict() for s in plan.stages],
-            "iters_per_epoch": [s.iters_per_epoch for s in plan.schedules],
-            "position": position.as_dict(),
-            "histories": histories[: index + 1],
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "trainable": self.trainable,
-            "bn_frozen": self.bn_frozen,
-            "precompute": self._precompute,
-            "size": getattr(self.data, "size", None) if self.can_resize() else None,
-            "data_seed": getattr(self.data, "seed", None),
-            "classes": list(self.data.classes) if isinstance(self.data, Labelled) else None,
-            "snapshots": [  # what each cycle end scored (their weights stay in memory)
-                {
-                    "fit": snap.fit,
-                    "cycle": snap.cycle,
-                    "epoch": snap.epoch,
-                    "valid_loss": snap.valid_loss,
-                    "metrics": dict(snap.metrics),
-                }
-                for snap in self.snapshots
-            ],
-            "cache_key": self.feature_cache.last.key
-            if self.uses_cache and self.feature_cache.last is not None
-            else None,
-            "source": self.source,
-            "built_from": f"a model of class {_qualname(self.model)} and data of class "
-            f"{type(self.data).__name__}",
-            "learner_path": str(self.path.resolve()),
-        }
-        try:
-            self.last_checkpoint = store.write(payload)
-        except OSError as exc:
-            self._checkpoint_error = f"cannot write a checkpoint to {store.folder}: {exc}"
-            warnings.warn(
-                f"{self._checkpoint_error}; the fit stops here, the model holds its weights",
-                CheckpointWarning,
-                stacklevel=user_stacklevel(),
-            )
-            state.request_stop()
-            return
-        self._checkpoint_cost = time.perf_counter() - now
-        self._checkpoint_at = time.perf_counter()
-        self.checkpoint_writes += 1
-        self.checkpoint_seconds += self._checkpoint_cost
-
     def resume_point(self, path: str | os.PathLike | None = None) -> ResumePoint:
         """Read the checkpoint of the last unfinished run (``path``, or the newest in
         :attr:`checkpoints`) and check it against this learner; nothing changes.
@@ -1028,77 +938,26 @@ class Learner:
                     f"no checkpoint to resume in {where}; a fit writes one as it runs"
                 )
             path = found
-        path = Path(path)
-        payload = read_checkpoint(path)
-        self._check_checkpoint(payload, path)
-        stages = [Stage.from_dict(d) for d in payload["plan"]]
-        try:
-            plan = self.plan_stages(stages)
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: its plan cannot run here: {exc}") from None
-        planned = [s.iters_per_epoch for s in plan.schedules]
-        if planned != list(payload["iters_per_epoch"]):
-            raise CheckpointError(
-                f"{path}: the data gives {planned[0]} batches per epoch, the run had "
-                f"{payload['iters_per_epoch'][0]}; recreate the data as it was "
-                "(same files, batch size)"
-            )
-        index, position = int(payload["stage"]), Position.from_dict(payload["position"])
-        histories = payload["histories"]
-        if payload["status"] == "done":
-            if index + 1 >= len(plan):
-                raise CheckpointError(f"{path}: that run finished; there is nothing to resume")
-            return ResumePoint(path, payload, plan, index + 1, None, histories)
-        return ResumePoint(path, payload, plan, index, position, histories)
+        return checkpoints.resume_point(self, Path(path))
 
-    def _check_checkpoint(self, payload: dict[str, Any], path: Path) -> None:
-        check_state_dict(self.model, payload["model"], source=str(path))
-        groups = len(payload["trainable"])
-        if groups != self.n_groups:
-            raise CheckpointError(
-                f"{path} is of a learner with {groups} layer groups; this one has {self.n_groups}"
-            )
-        classes = list(self.data.classes) if isinstance(self.data, Labelled) else None
-        if payload["classes"] is not None and classes is not None and payload["classes"] != classes:
-            raise CheckpointError(
-                f"{path} was trained on the classes {payload['classes']}; this learner's data "
-                f"has {classes}"
-            )
-        own = [len(g["params"]) for g in self.opt.state_dict()["param_groups"]]
-        theirs = [len(g["params"]) for g in payload["optimizer"]["param_groups"]]
-        if own != theirs:
-            raise CheckpointError(f"{path}: its optimizer has other parameter groups than this one")
+    @property
+    def last_checkpoint(self) -> Path | None:
+        """The newest checkpoint this learner wrote (or was built from)."""
+        return self._writer.last
 
-    def _restore(self, point: ResumePoint) -> None:
-        """Put back what the checkpoint holds: weights, freeze state, optimizer, grad
-        scaler, image size, precompute and random states."""
-        p = point.payload
-        if p["size"] is not None and getattr(self.data, "size", None) != p["size"]:
-            self.set_size(int(p["size"]))
-        seed, data = p["data_seed"], self.data
-        if isinstance(data, Reseedable) and seed not in (None, getattr(data, "seed", None)):
-            data.reseed(int(seed))
-        self.model.load_state_dict(p["model"])
-        for group, flag in zip(self.groups, p["trainable"], strict=True):
-            G.set_trainable(group, bool(flag))
-        self.bn_frozen = bool(p["bn_frozen"])
-        self.opt.load_state_dict(p["optimizer"])
-        if self.scaler is not None and p["scaler"] is not None:
-            self.scaler.load_state_dict(p["scaler"])
-        self._precompute = bool(p["precompute"])
-        if point.start is None:  # the next stage starts where the finished one ended
-            rng = Position.from_dict(p["position"]).rng_epoch
-            if rng is not None:
-                rng.restore(loader_generator(self.data.train))
-        if not self.fits:  # a fresh learner (a restarted kernel): the run's finished stages
-            for index in range(point.first):
-                schedule = point.plan.schedules[index]
-                state = TrainState(
-                    schedule=schedule, fit=len(self.fits), plan=point.plan, stage=index
-                )
-                state.history = [_record(r) for r in point.histories[index]]
-                state.it, state.status = schedule.total_iters, "done"
-                self.fits.append(state)
+    @property
+    def checkpoint_writes(self) -> int:
+        """How many checkpoints the last run wrote (see :attr:`checkpoint_seconds`)."""
+        return self._writer.writes
+
+    @property
+    def checkpoint_seconds(self) -> float:
+        """What writing the last run's checkpoints cost, in seconds."""
+        return self._writer.seconds
+
+    def set_precompute_from_checkpoint(self, value: bool) -> None:
+        """Precompute as a checkpoint recorded it (it was possible when written)."""
+        self._precompute = value
 
     def _resume(
         self,
@@ -1158,67 +1017,9 @@ class Learner:
             path = found
         path = Path(path)
         payload = read_checkpoint(path)
-        learn = _rebuild(cls, payload, path)
+        learn = checkpoints.rebuild(cls, payload, path)
         learn.checkpoint_dir = path.parent
-        learn.last_checkpoint = path
+        learn._writer.last = path
         return learn
 
     resume = _ClassOrInstance("_resume", "_resume_anew")
-
-
-def _qualname(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _rebuild(cls: type[_L], payload: dict[str, Any], path: Path) -> _L:
-    """A learner built as the checkpoint's ``source`` says, or CheckpointError naming
-    what the notebook must build first."""
-    then = f"build it as before, then call learn.resume({str(path)!r})"
-    source = payload.get("source")
-    if not source or source.get("from") != "pretrained":
-        raise CheckpointError(
-            f"{path} holds a learner built from {payload.get('built_from', 'code')} in your "
-            f"notebook, which a checkpoint cannot hold; {then}"
-        )
-    if source["arch"] is None:
-        raise CheckpointError(
-            f"{path} holds a learner whose body is a module of class {source['arch_class']} "
-            f"from your notebook; {then}"
-        )
-    if source["not_plain"]:
-        raise CheckpointError(
-            f"{path} holds a learner built with {', '.join(source['not_plain'])}, which a "
-            f"checkpoint cannot hold; {then}"
-        )
-    if source["data"] is None:
-        raise CheckpointError(
-            f"{path} holds a learner on data of class {source['data_class']}, not read by "
-            f"ImageData.from_folder or from_csv; create the data and {then}"
-        )
-    from nbtrain.vision.data import ImageData  # images: needs PIL and torchvision
-
-    try:
-        data = ImageData.from_source(source["data"], **source["data_settings"])
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path}: cannot read its data again ({str(exc).splitlines()[0]}); "
-            f"create the data and {then}"
-        ) from None
-    learn = cls.pretrained(
-        data,
-        source["arch"],
-        pretrained=False,  # every weight comes from the checkpoint: nothing to download
-        dropout=source["dropout"],
-        head_init="random",
-        seed=source["seed"],
-        path=payload.get("learner_path"),
-        **source["options"],
-    )
-    learn.source = source
-    return learn
-
-
-def _record(values: dict[str, Any]) -> EpochRecord:
-    values = dict(values)
-    values["lrs"] = tuple(values["lrs"])
-    return EpochRecord(**values)

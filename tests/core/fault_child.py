@@ -35,12 +35,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch-seconds", type=float, default=0.005)
     args = parser.parse_args(argv)
 
-    import nbtrain.core.learner as learner_module
+    import nbtrain.core.checkpoints as checkpoints
     import nbtrain.core.resume as resume
     from tests.core.test_resume import PLAN, new_learner
 
     torch.set_num_threads(1)
-    learner_module.CHECKPOINT_SPACING = 0  # every epoch end: the most writes to land in
+    checkpoints.SPACING = 0  # every epoch end: the most writes to land in
     save = resume.atomic_save
 
     def announced_save(payload, path):

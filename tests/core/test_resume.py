@@ -184,9 +184,9 @@ def test_a_finished_stage_resumes_at_the_next_one(reference, tmp_path, monkeypat
 
 def test_an_epoch_end_checkpoint_is_what_a_dead_kernel_leaves(reference, tmp_path, monkeypatch):
     # With no throttle every epoch end writes one; the newest before the "death" resumes.
-    import nbtrain.core.learner as learner_module
+    import nbtrain.core.checkpoints as checkpoints
 
-    monkeypatch.setattr(learner_module, "CHECKPOINT_SPACING", 0)
+    monkeypatch.setattr(checkpoints, "SPACING", 0)
     ref_weights, _ = reference
     run = new_learner(tmp_path / "run")
     run.keep_checkpoints = 10
