@@ -462,3 +462,28 @@ def test_best_text_when_the_last_cycle_end_is_the_best():
     assert best_text(first, row, metric="accuracy", stages=False) == (
         "best accuracy 0.9950 at cycle 1 (last 0.9900): learn.load_snapshot(fit=0, cycle=0)"
     )
+
+
+def test_a_resumed_run_shows_the_whole_plan_and_the_part_already_done(learn):
+    from nbtrain.core import Stage
+
+    stages = [Stage(0.05, cycles=1), Stage(0.01, cycles=2, cycle_mult=2)]  # 1 + 3 epochs
+
+    class StopInStage2:
+        def on_batch_end(self, state):
+            if state.stage == 1 and state.it == 6:  # in its second epoch (4 batches each)
+                learn.request_stop()
+
+    learn.fit_stages(stages, listeners=[StopInStage2()])
+    point = learn.resume_point()
+    view = ProgressView(list(point.plan.schedules), learn=learn)
+    learn.fit_stages(point, listeners=[view])
+    view.finish()
+    # stage 1's epoch and stage 2's first were done before; stage 2's last two run now
+    assert [(r["stage"], r["epoch"]) for r in view.rows] == [(1, 1), (2, 2), (2, 3), (2, 4)]
+    assert view.stage == 2 and view.it == view.total_iters == 16
+    train_its = [it for it, _ in view._train]
+    assert train_its[:2] == [4, 8]  # the epochs already done, one point each
+    assert train_its[2] == 11  # then every batch from where the run went on (it 6 of stage 2)
+    assert [it for it, _ in view._valid] == [4, 8, 12, 16]
+    assert view.status == "done" and "done: 4 epochs" in view.text()

@@ -326,10 +326,11 @@ class ProgressView(W.VBox):
         if state.resumed and self.tracker.rows and not self.rows:  # the part already done
             tr = self.tracker
             self.rows = list(tr.rows)
+            done = list(zip(tr.row_iters, tr.rows, strict=True))
+            # the training loss of the part already done, one point an epoch (its mean)
+            self._train.extend((it, row["train_loss"]) for it, row in done)
             self._valid.extend(
-                (it, row["valid_loss"])
-                for it, row in zip(tr.row_iters, tr.rows, strict=True)
-                if row.get("valid_loss") is not None
+                (it, row["valid_loss"]) for it, row in done if row.get("valid_loss") is not None
             )
             self.table.value = html_table(tr.columns(), tr.cells, css="nbtrain-epochs")
         if state.resumed:
