@@ -17,6 +17,15 @@ from nbtrain.core import (
 __version__ = "0.1.0"
 
 
+def load_model(path: str, **kwargs: object) -> object:
+    """A :class:`~nbtrain.predict.Predictor` for a file written by ``learn.export()``:
+    ``load_model(path).predict(image)`` gives the class and the probabilities. Needs
+    torch, numpy and PIL only (see :mod:`nbtrain.predict`)."""
+    from nbtrain.predict import load_model as load
+
+    return load(path, **kwargs)  # type: ignore[arg-type]
+
+
 def load_ipython_extension(ip: object) -> None:
     """``%load_ext nbtrain``: register the magics (imported only now: IPython stays out
     of ``import nbtrain``)."""
@@ -40,6 +49,7 @@ __all__ = [
     "Stage",
     "__version__",
     "accuracy",
+    "load_model",
     "seed_everything",
     "spread_lrs",
 ]

@@ -87,6 +87,13 @@ class Preparing(Protocol):
 
 
 @runtime_checkable
+class Inferable(Protocol):
+    """Image data that can describe its eval transform as plain values (for an export)."""
+
+    def inference_spec(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
 class Labelled(Protocol):
     """Data with class names, index for index the model's outputs."""
 

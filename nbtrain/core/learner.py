@@ -908,6 +908,15 @@ class Learner:
         self.model.load_state_dict(snap.state_dict)
         return snap
 
+    def export(self, path: str | os.PathLike | None = None) -> Path:
+        """Write what inference needs to one file (default ``path/export.pt2``): the
+        model as a ``torch.export`` graph (no training code or timm needed to load it),
+        the class names, the eval transform and nbtrain's version. Load it with
+        ``nbtrain.load_model(path)``; see :mod:`nbtrain.core.export`."""
+        from nbtrain.core.export import export_learner
+
+        return export_learner(self, path)
+
     # ---- resumable checkpoints ----------------------------------------------------
     @property
     def checkpoints(self) -> CheckpointStore | None:

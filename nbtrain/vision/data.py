@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from nbtrain.core.checks import whole_number
 from nbtrain.core.stepper import default_device
+from nbtrain.imaging import open_rgb, to_rgb
 from nbtrain.vision.files import (
     IMAGE_EXTENSIONS,
     BadImagesWarning,
@@ -94,7 +95,7 @@ class ImageDataset(Dataset):
         with Image.open(path) as img:
             if self.draft_size:
                 img.draft("RGB", (self.draft_size, self.draft_size))
-            rgb = _to_rgb(img)
+            rgb = to_rgb(img)
         return self.transform(rgb).as_subclass(torch.Tensor), label
 
 
@@ -109,13 +110,6 @@ def _idle_priority(_worker_id: int) -> None:
     except (AttributeError, OSError):  # not Linux
         with contextlib.suppress(AttributeError, OSError):
             os.nice(19)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    # Palette images with transparency warn when converted straight to RGB.
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")
 
 
 class ImageData:
@@ -587,23 +581,22 @@ class ImageData:
             for v in TTA_VIEWS
         ]
 
+    def inference_spec(self) -> dict[str, Any]:
+        """The eval transform as plain values, for an export (:mod:`nbtrain.imaging`
+        applies it again at inference)."""
+        return {
+            "size": self.size,
+            "resize": resize_size(self.size),
+            "crop": "center",
+            "interpolation": "bilinear, antialiased",
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
     def prepare(self, item) -> torch.Tensor:
         """One image (a path, a PIL image, or an HWC uint8 array) as the model's input: RGB,
         eval transform, ``(3, size, size)`` float tensor."""
-        if isinstance(item, str | os.PathLike):
-            path = Path(item)
-            if not path.is_file():
-                raise FileNotFoundError(f"no image file at {path}")
-            with Image.open(path) as img:
-                rgb = _to_rgb(img)
-        elif isinstance(item, Image.Image):
-            rgb = _to_rgb(item)
-        elif isinstance(item, np.ndarray):
-            rgb = _to_rgb(Image.fromarray(item))
-        else:
-            raise ValueError(
-                f"expected an image path, PIL image or array, got {type(item).__name__}"
-            )
+        rgb = open_rgb(item)
         return self.eval_transform()(rgb).as_subclass(torch.Tensor)
 
     def reseed(self, seed: int) -> ImageData:

@@ -15,42 +15,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 from torchvision.transforms import v2
 
-CROP_FRACTION = 0.875  # eval resizes the shorter side to size / 0.875 (224 -> 256), as ImageNet
+from nbtrain.imaging import EvalTransform, Normalize, resize_size
+
 TRAIN_MIN_SCALE = 0.35  # smallest RandomResizedCrop area, as a fraction of the image
 TRAIN_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect ratios
 TRAIN_DEGREES = 10.0
 TRAIN_JITTER = 0.2  # brightness and contrast factors in [0.8, 1.2]
-
-
-class EvalTransform:
-    """Resize the shorter side to ``round(size / 0.875)`` (bilinear, antialiased),
-    center-crop ``size``, and return a normalized ``(3, size, size)`` float tensor."""
-
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
-        self.size = size
-        self.normalize = _Normalize(mean, std)
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        width, height = img.size
-        short = resize_size(self.size)
-        # torchvision's rounding: the longer side is truncated, the crop offset rounded.
-        if width <= height:
-            new = (short, int(short * height / width))
-        else:
-            new = (int(short * width / height), short)
-        if new != img.size:
-            img = img.resize(new, Image.Resampling.BILINEAR)
-        left = round((new[0] - self.size) / 2.0)
-        top = round((new[1] - self.size) / 2.0)
-        return self.normalize(img.crop((left, top, left + self.size, top + self.size)))
-
-    def __repr__(self) -> str:
-        return f"EvalTransform(size={self.size}, resize={resize_size(self.size)})"
 
 
 class TrainTransform:
@@ -63,7 +37,7 @@ class TrainTransform:
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]):
         self.size = size
         self.fill = tuple(round(255 * m) for m in mean)
-        self.normalize = _Normalize(mean, std)
+        self.normalize = Normalize(mean, std)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         left, top, width, height = _random_crop_box(*img.size)
@@ -91,19 +65,6 @@ def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> Ev
 def train_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> TrainTransform:
     """Random crop of 35-100% of the area resized to ``size``, flip, rotate ±10°, jitter 0.2."""
     return TrainTransform(size, mean, std)
-
-
-class _Normalize:
-    """PIL RGB image -> CHW float tensor ``(x / 255 - mean) / std``: v2's ToImage,
-    ToDtype(scale=True) and Normalize, operation for operation (so bit for bit)."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
-        return pixels.to(torch.float32).mul_(1.0 / 255).sub_(self.mean).div_(self.std)
 
 
 def _uniform(low: float, high: float) -> float:
@@ -167,10 +128,6 @@ def _to_normalized_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(mean), list(std)),
     ]
-
-
-def resize_size(size: int) -> int:
-    return round(size / CROP_FRACTION)
 
 
 def train_draft_size(size: int) -> int:
