@@ -67,7 +67,7 @@ def kill_campaign(kills: int, seed: int) -> dict[str, int]:
         in_write = bool(rest) and rest[-1] == "WRITING"
         counts["in_write"] += in_write
         store = CheckpointStore(folder)
-        partial = list(folder.glob(".run-*.tmp")) if folder.is_dir() else []
+        partial = list(folder.glob(".*.ckpt.*.tmp")) if folder.is_dir() else []
         for path in store.paths():  # what resume may pick: every one must be whole
             try:
                 read_checkpoint(path)

@@ -321,7 +321,7 @@ class NbtrainMagics(Magics):
         args = self._parse(self.fit_cycles, line)
         point = None
         if args.resume is not None:
-            learn, point = self.parse_resume(args, cell)
+            learn, point = self.parse_resume(args, line, cell)
             plan = point.plan
         else:
             learn, wheres, stages = self.parse_fit(line, cell)
@@ -333,19 +333,26 @@ class NbtrainMagics(Magics):
         self.last["fit_cycles"] = view
         return FitJob(learn, plan, view, handle, listeners=listeners, resume=point)
 
-    def parse_resume(self, args: Any, cell: str | None) -> tuple[Learner, ResumePoint]:
+    def parse_resume(
+        self, args: Any, line: str, cell: str | None
+    ) -> tuple[Learner, ResumePoint]:
         """The learner and its checked checkpoint for ``--resume [PATH]``; the run goes on
-        with the checkpoint's plan, so nothing else may be given."""
-        given = [key for key in STAGE_KEYS if getattr(args, key, None) is not None]
+        with the checkpoint's plan, so nothing else may be given. A name that is not
+        bound yet (a restarted kernel) gets the learner built again from the checkpoint,
+        once the checkpoint is known to resume."""
+        flags = [t.split("=")[0] for t in arg_split(line) if t.startswith("--")]
+        given = [flag for flag in flags if flag != "--resume"]
         if given or (cell is not None and self._cell(cell)):
-            what = f"--{given[0].replace('_', '-')}" if given else "stage lines"
+            what = given[0] if given else "stage lines"
             raise UsageError(
                 f"--resume goes on with the plan in the checkpoint; {what} cannot be given with it"
             )
         try:
             if args.learner.isidentifier() and args.learner not in self.ns:
-                # a restarted kernel: build the learner again from the checkpoint
-                self.ns[args.learner] = Learner.from_checkpoint(args.resume or None)
+                learn = Learner.from_checkpoint(args.resume or None)
+                point = learn.resume_point(learn.last_checkpoint)
+                self.ns[args.learner] = learn
+                return learn, point
             learn = self._learner(args.learner)
             return learn, learn.resume_point(args.resume or None)
         except ValueError as exc:

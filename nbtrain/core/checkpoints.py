@@ -10,6 +10,8 @@ it from ``fit_stages`` (:class:`CheckpointWriter`), ``resume_point``, ``resume``
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import re
 import time
 import warnings
 from pathlib import Path
@@ -51,17 +53,20 @@ class CheckpointWriter:
     as a fit ends; the first write that fails stops the fit with one line.
 
     ``writes`` and ``seconds`` count the run's checkpoints and their cost, ``last`` is
-    the newest file, ``error`` the line of a write that failed.
+    the newest file, ``run`` the run's name, ``error`` the line of a write that failed.
+    The run's first checkpoint is read back once: a file that could not be read when it
+    is needed is worse than none.
     """
 
     def __init__(self) -> None:
         self.writes, self.seconds = 0, 0.0
         self.last: Path | None = None
+        self.run = ""
         self.error: str | None = None
         self._cost, self._at = 0.0, -float("inf")
 
-    def start_run(self) -> None:
-        self.writes, self.seconds, self.error = 0, 0.0, None
+    def start_run(self, run: str) -> None:
+        self.writes, self.seconds, self.error, self.run = 0, 0.0, None, run
         self._at = -float("inf")
 
     def write(
@@ -83,11 +88,14 @@ class CheckpointWriter:
         now = time.perf_counter()
         if state.status == "running" and now - self._at < SPACING * self._cost:
             return
-        body = payload(learn, plan, index, histories, state, position)
+        body = payload(learn, plan, index, histories, state, position, run=self.run)
+        finished = state.status == "done" and index == len(plan) - 1
         try:
-            self.last = store.write(body)
-        except OSError as exc:
-            self.error = f"cannot write a checkpoint to {store.folder}: {exc}"
+            path = store.write(body, self.run, finished=finished)
+            if self.writes == 0:
+                read_checkpoint(path)  # once a run: it must load back (weights_only)
+        except (OSError, CheckpointError) as exc:
+            self.error = f"cannot write a checkpoint to {store.folder}: {_one_line(exc)}"
             warnings.warn(
                 f"{self.error}; the fit stops here, the model holds its weights",
                 CheckpointWarning,
@@ -95,6 +103,7 @@ class CheckpointWriter:
             )
             state.request_stop()
             return
+        self.last = path
         self._cost = time.perf_counter() - now
         self._at = time.perf_counter()
         self.writes += 1
@@ -108,6 +117,8 @@ def payload(
     histories: list[list[dict[str, Any]]],
     state: TrainState,
     position: Position,
+    *,
+    run: str,
 ) -> dict[str, Any]:
     """Everything a checkpoint holds: tensors, numbers, strings, lists and dicts only."""
     data = learn.data
@@ -115,6 +126,8 @@ def payload(
     return {
         "format": FORMAT,
         "version": VERSION,
+        "run": run,
+        "fit": state.fit,
         "status": state.status,
         "stage": index,
         "plan": [s.as_dict() for s in plan.stages],
@@ -141,11 +154,35 @@ def payload(
             for snap in learn.snapshots
         ],
         "cache_key": cache.key if learn.uses_cache and cache is not None else None,
-        "source": learn.source,
+        "source": plain(learn.source),
         "built_from": f"a model of class {qualname(learn.model)} and data of class "
         f"{type(data).__name__}",
         "learner_path": str(learn.path.resolve()),
     }
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy's numbers as Python's (``np.float64(0.25)`` from a grid of
+    settings would make the checkpoint unreadable with ``weights_only``)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, bool | str | None):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return str(value)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = _ANSI.sub("", str(exc)).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def resume_point(learn: Learner, path: Path) -> ResumePoint:
@@ -194,10 +231,28 @@ def check(learn: Learner, body: dict[str, Any], path: Path) -> None:
 
 
 def restore(learn: Learner, point: ResumePoint) -> None:
-    """Put back what the checkpoint holds: weights, freeze state, optimizer, grad
-    scaler, image size, precompute, random states, and (in a fresh learner) the run's
-    finished stages in ``learn.fits``."""
+    """Put back what the checkpoint holds (:func:`restore_state`), the random states,
+    and (in a learner that has not seen the run: a restarted kernel) the run's finished
+    stages in ``learn.fits``."""
+    restore_state(learn, point.payload)
     p = point.payload
+    if point.start is None:  # the next stage starts where the finished one ended
+        rng = Position.from_dict(p["position"]).rng_epoch
+        if rng is not None:
+            rng.restore(loader_generator(learn.data.train))
+    if not any(state.run == point.run for state in learn.fits):
+        for index in range(point.first):
+            schedule = point.plan.schedules[index]
+            state = TrainState(
+                schedule=schedule, fit=len(learn.fits), plan=point.plan, stage=index, run=point.run
+            )
+            state.history = [record(r) for r in point.histories[index]]
+            state.it, state.status = schedule.total_iters, "done"
+            learn.fits.append(state)
+
+
+def restore_state(learn: Learner, p: dict[str, Any]) -> None:
+    """Weights, freeze state, optimizer, grad scaler, image size and precompute."""
     if p["size"] is not None and getattr(learn.data, "size", None) != p["size"]:
         learn.set_size(int(p["size"]))
     seed, data = p["data_seed"], learn.data
@@ -210,18 +265,7 @@ def restore(learn: Learner, point: ResumePoint) -> None:
     learn.opt.load_state_dict(p["optimizer"])
     if learn.scaler is not None and p["scaler"] is not None:
         learn.scaler.load_state_dict(p["scaler"])
-    learn.set_precompute_from_checkpoint(bool(p["precompute"]))
-    if point.start is None:  # the next stage starts where the finished one ended
-        rng = Position.from_dict(p["position"]).rng_epoch
-        if rng is not None:
-            rng.restore(loader_generator(learn.data.train))
-    if not learn.fits:  # a fresh learner (a restarted kernel): the run's finished stages
-        for index in range(point.first):
-            schedule = point.plan.schedules[index]
-            state = TrainState(schedule=schedule, fit=len(learn.fits), plan=point.plan, stage=index)
-            state.history = [record(r) for r in point.histories[index]]
-            state.it, state.status = schedule.total_iters, "done"
-            learn.fits.append(state)
+    learn.precompute = bool(p["precompute"])  # possible: it was when this was written
 
 
 def qualname(obj: object) -> str:

@@ -21,9 +21,9 @@ def whole_number(name: str, value: object, *, minimum: int | None = None) -> int
     >>> whole_number("cycles", 3, minimum=1)
     3
     """
-    if not isinstance(value, Integral) or isinstance(value, bool):
+    if not is_whole(value):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
-    number = int(value)
+    number = int(value)  # type: ignore[call-overload]  # is_whole: an Integral
     if minimum is not None and number < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return number

@@ -45,6 +45,7 @@ from nbtrain.core.resume import (
     Position,
     ResumePoint,
     atomic_save,
+    new_run_id,
     read_checkpoint,
     read_safely,
 )
@@ -109,8 +110,6 @@ class _ClassOrInstance:
 
 class PrecomputeWarning(UserWarning):
     """Precompute is on while the data is set to augment: augmentation has no effect."""
-
-
 
 
 class Learner:
@@ -456,7 +455,7 @@ class Learner:
 
     def fit_cycles(
         self,
-        lr: LR,
+        lr: LR | None = None,
         cycles: int = 1,
         cycle_len: int = 1,
         cycle_mult: int = 1,
@@ -491,12 +490,30 @@ class Learner:
         weights are kept in ``learn.snapshots``. One stage of :meth:`fit_stages`.
         """
         if resume:
+            given = [
+                name
+                for name, value, default in (
+                    ("lr", lr, None),
+                    ("cycles", cycles, 1),
+                    ("cycle_len", cycle_len, 1),
+                    ("cycle_mult", cycle_mult, 1),
+                    ("seed", seed, None),
+                )
+                if value != default
+            ]
+            if given:
+                raise ValueError(
+                    f"resume goes on with the plan in the checkpoint; {given[0]} cannot be "
+                    "given with it"
+                )
             states = self.resume(
                 None if resume is True else resume,
                 save_snapshots=save_snapshots,
                 listeners=listeners,
             )
             return states[-1]
+        if lr is None:
+            raise ValueError("fit_cycles needs a rate: lr=... (see lr_find)")
         stage = Stage(lr, cycles, cycle_len, cycle_mult, seed=seed)
         states = self.fit_stages([stage], save_snapshots=save_snapshots, listeners=listeners)
         return states[0]
@@ -529,7 +546,6 @@ class Learner:
         point = stages if isinstance(stages, ResumePoint) else None
         if point is not None:
             plan = point.plan
-            checkpoints.restore(self, point)
         else:
             plan = stages if isinstance(stages, Plan) else self.plan_stages(stages)  # type: ignore[arg-type]
         if isinstance(stages, Plan | ResumePoint) and self.plan_stages(plan.stages) != plan:
@@ -537,6 +553,9 @@ class Learner:
                 "the plan no longer fits this learner (other data or layer groups); "
                 "plan the stages again"
             )
+        if point is not None:
+            checkpoints.restore(self, point)
+        run = point.run if point is not None else new_run_id()
         first = point.first if point is not None else 0
         histories = [list(h) for h in point.histories] if point is not None else []
         stop = threading.Event()
@@ -544,18 +563,23 @@ class Learner:
         self._run_stop = stop
         states: list[TrainState] = []
         try:
-            self._writer.start_run()
+            self._writer.start_run(run)
             store = self.checkpoints
             if store is not None:
                 with contextlib.suppress(OSError):  # a folder we cannot write says so later
-                    store.remove_partial()
+                    store.remove_partial(run)
             for index in range(first, len(plan)):
                 stage, schedule = plan.stages[index], plan.schedules[index]
                 if stop.is_set():
                     break
                 start = point.start if point is not None and index == first else None
                 state = TrainState(
-                    schedule=schedule, fit=len(self.fits), plan=plan, stage=index, _stop=stop
+                    schedule=schedule,
+                    fit=self._fit_index(run, index),
+                    plan=plan,
+                    stage=index,
+                    run=run,
+                    _stop=stop,
                 )
                 if point is not None and index == first:
                     state.resumed = point.describe()
@@ -587,6 +611,14 @@ class Learner:
                 undo()
         return states
 
+    def _fit_index(self, run: str, stage: int) -> int:
+        """Where a stage's state goes in ``fits``: in place of the same run's stage that
+        was interrupted (a resumed run goes on with the same fit), else at the end."""
+        for state in self.fits:
+            if state.run == run and state.stage == stage:
+                return state.fit
+        return len(self.fits)
+
     def _apply(self, stage: Stage) -> None:
         """What a stage changes before it trains."""
         if stage.freeze_to is not None:
@@ -606,7 +638,11 @@ class Learner:
         on_checkpoint: Any = None,
     ) -> TrainState:
         self._seed(seed)
-        self.fits.append(state)
+        if 0 <= state.fit < len(self.fits):  # a resumed stage takes its interrupted one's place
+            self.fits[state.fit] = state
+        else:
+            state.fit = len(self.fits)
+            self.fits.append(state)
         self._running = state
         augments = isinstance(self.data, Augmenting) and self.data.augment
         if self.uses_cache and augments and not self._told_augment:
@@ -625,6 +661,10 @@ class Learner:
                 snapshot.fit = state.fit
                 if model is not self.model:  # a head on cached activations: the whole model
                     snapshot.state_dict = clone_state_dict(self.model, device="cpu")
+                # a cycle end taken again by a resumed run replaces the first one
+                self.snapshots = [
+                    s for s in self.snapshots if (s.fit, s.cycle) != (snapshot.fit, snapshot.cycle)
+                ]
                 self.snapshots.append(snapshot)
                 if save_snapshots:
                     self.save(f"{save_snapshots}_cyc_{snapshot.cycle}", with_opt=False)
@@ -931,8 +971,10 @@ class Learner:
         return CheckpointStore(folder, keep=max(1, int(self.keep_checkpoints)))
 
     def resume_point(self, path: str | os.PathLike | None = None) -> ResumePoint:
-        """Read the checkpoint of the last unfinished run (``path``, or the newest in
-        :attr:`checkpoints`) and check it against this learner; nothing changes.
+        """Read the checkpoint of the last unfinished run and check it against this
+        learner; nothing changes. Without ``path``: the newest checkpoint of this
+        learner's last run, or, for a learner that has run nothing yet (a restarted
+        kernel), the newest in :attr:`checkpoints` of any run.
 
         Raises :class:`~nbtrain.core.resume.CheckpointError` (a ValueError) in one line
         when there is none, when that run finished, or when it cannot go on here (a
@@ -940,7 +982,10 @@ class Learner:
         """
         if path is None:
             store = self.checkpoints
-            found = store.latest() if store is not None else None
+            own = self._writer.run
+            found = None
+            if store is not None:
+                found = store.latest(own) if own else store.latest()
             if found is None:
                 where = store.folder if store is not None else "(checkpoint_dir is False)"
                 raise CheckpointError(
@@ -963,10 +1008,6 @@ class Learner:
     def checkpoint_seconds(self) -> float:
         """What writing the last run's checkpoints cost, in seconds."""
         return self._writer.seconds
-
-    def set_precompute_from_checkpoint(self, value: bool) -> None:
-        """Precompute as a checkpoint recorded it (it was possible when written)."""
-        self._precompute = value
 
     def _resume(
         self,
@@ -1010,7 +1051,9 @@ class Learner:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None) -> Learner:
         """The learner of a resumable checkpoint, built again (default: the newest in
-        ``models/resume`` under the current folder), before any training is put back.
+        ``models/resume`` under the current folder) with the checkpoint's weights,
+        optimizer and freeze state put back; ``learn.resume()`` then goes on with the run
+        (a finished run's learner is ready to evaluate, predict or export).
 
         Works for learners made by :meth:`pretrained` on ``ImageData.from_folder`` or
         ``from_csv`` data whose files are still there (the body's weights come from the
@@ -1027,8 +1070,9 @@ class Learner:
         path = Path(path)
         payload = read_checkpoint(path)
         learn = checkpoints.rebuild(cls, payload, path)
+        checkpoints.restore_state(learn, payload)  # a finished run's final weights too
         learn.checkpoint_dir = path.parent
-        learn._writer.last = path
+        learn._writer.last, learn._writer.run = path, str(payload.get("run", ""))
         return learn
 
     resume = _ClassOrInstance("_resume", "_resume_anew")

@@ -138,6 +138,7 @@ class _Run:
         # The weights a divergence goes back to: the fit's start, then each epoch's end.
         self.last_good = self._capture()
         self.start = clock() - self.position.elapsed
+        self.epoch_start = clock() - self.position.epoch_seconds
 
     def checkpoint(self) -> None:
         """Hand the position to ``on_checkpoint`` (not after a divergence: the weights
@@ -162,7 +163,7 @@ class _Run:
             if first_it in schedule.cycle_starts and position.batch == 0:
                 events.emit("cycle_start", state)
             events.emit("epoch_start", state)
-            epoch_start = self.clock()
+            self.epoch_start = self.clock() - position.epoch_seconds  # a resumed epoch's too
             n_batches, epoch_loss = self.batches(epoch)
             if n_batches is None:
                 return  # diverged
@@ -176,12 +177,13 @@ class _Run:
                 )
             # A spent loader may still draw (a RandomSampler draws once more at its end).
             position.validating, position.rng_now = True, RNGStates.capture(self.generator)
-            self.end_epoch(epoch, epoch_loss / max(n_batches, 1), self.clock() - epoch_start)
+            position.epoch_seconds = self.clock() - self.epoch_start
+            self.end_epoch(epoch, epoch_loss / max(n_batches, 1), position.epoch_seconds)
             if epoch in ends:
                 self.end_cycle(epoch)
             # The next epoch starts here: its random states are today's.
             position.epoch, position.batch, position.epoch_loss = epoch + 1, 0, 0.0
-            position.validating = False
+            position.validating, position.epoch_seconds = False, 0.0
             position.rng_epoch = RNGStates.capture(self.generator)
             if epoch + 1 < schedule.epochs:
                 self.checkpoint()  # the last one is written as the fit ends
@@ -208,6 +210,11 @@ class _Run:
             raise ValueError("the position to resume from has no random states")
         if position.validating and now is not None:  # every batch ran; the loader is spent
             now.restore(self.generator)
+            # the epoch is validated and recorded again (a record kept from an interrupted
+            # epoch_end handler would be there twice)
+            state = self.state
+            state.history = [r for r in state.history if r.epoch < position.epoch]
+            state.lrs = self.schedule.lrs_at(max(position.it - 1, 0))
             return iter(())
         epoch.restore(self.generator)
         self.rng.epoch_start(epoch)
@@ -229,7 +236,7 @@ class _Run:
                 break
             state.it, state.lrs = it, schedule.lrs_at(it)
             events.emit("batch_start", state)
-            loss = self.stepper.train_step(batch, state.lrs, self.guard)
+            loss = self.stepper.train_step(batch, state.lrs, self.guard, hold=True)
             if not math.isfinite(loss):
                 s = self.stepper
                 self.last_good.restore(s.model, s.optimizer, s.scaler, rng=False)
@@ -249,9 +256,11 @@ class _Run:
             position.it, position.batch, position.epoch_loss = it, n_batches, epoch_loss
             position.smooth_count, position.smooth_avg = self.smooth.count, self.smooth.avg
             position.rng_now = self.rng.boundary()
+            position.epoch_seconds = self.clock() - self.epoch_start
+            self.guard.raise_pending()  # a second Ctrl-C in the step: the position is whole
             events.emit("batch_end", state)
-            if state.stop_requested:
-                break
+            if state.stop_requested and n_batches < schedule.iters_per_epoch:
+                break  # (after the last batch, the loader is let run out: it may still draw)
         return n_batches, epoch_loss
 
     def end_epoch(self, epoch: int, train_loss: float, seconds: float) -> None:

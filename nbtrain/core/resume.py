@@ -31,6 +31,7 @@ import random
 import re
 import sys
 import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ import torch
 
 FORMAT = "nbtrain-resume"
 VERSION = 1
-_NAME = re.compile(r"^run-(\d{8})\.ckpt$")
+_NAME = re.compile(r"^([0-9a-f]{12})-(\d{8})\.ckpt$")
 
 
 class CheckpointError(ValueError):
@@ -74,7 +75,9 @@ class RNGStates:
         """Put every state back; ``generator``'s too when ``loader`` and both have one."""
         torch.set_rng_state(self.cpu)
         if self.cuda is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(self.cuda)
+            # as many devices as both machines have (a checkpoint may come from a bigger one)
+            for index, cuda_state in enumerate(self.cuda[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state, device=index)
         if self.python is not None:
             random.setstate(self.python)
         np = sys.modules.get("numpy")
@@ -187,6 +190,7 @@ class Position:
     smooth_count: int = 0
     smooth_avg: float = 0.0
     elapsed: float = 0.0
+    epoch_seconds: float = 0.0
     validating: bool = False
     rng_epoch: RNGStates | None = field(default=None, repr=False)
     rng_now: RNGStates | None = field(default=None, repr=False)
@@ -200,6 +204,7 @@ class Position:
             "smooth_count": self.smooth_count,
             "smooth_avg": self.smooth_avg,
             "elapsed": self.elapsed,
+            "epoch_seconds": self.epoch_seconds,
             "validating": self.validating,
             "rng_epoch": self.rng_epoch.plain() if self.rng_epoch is not None else None,
             "rng_now": self.rng_now.plain() if self.rng_now is not None else None,
@@ -215,51 +220,88 @@ class Position:
 
 
 # ------------------------------------------------------------------- the files
+def new_run_id() -> str:
+    """A name for one run of ``fit_stages``: its checkpoints are ``<run>-NNNNNNNN.ckpt``."""
+    return uuid.uuid4().hex[:12]
+
+
 @dataclass
 class CheckpointStore:
-    """The resumable checkpoints of one learner: ``folder/run-NNNNNNNN.ckpt``, numbered
-    in the order written; the newest ``keep`` are kept (at least 1)."""
+    """Resumable checkpoints in one folder, of any number of runs (learners, kernels):
+    ``folder/<run>-NNNNNNNN.ckpt``, numbered per run in the order written.
+
+    Each run keeps its newest ``keep`` (at least 1; only the last once it has finished),
+    and the folder keeps the newest ``keep_runs`` runs: a run never deletes another
+    run's files but the oldest beyond that, nor its temporary files.
+    """
 
     folder: Path
     keep: int = 2
+    keep_runs: int = 3
 
-    def paths(self) -> list[Path]:
-        """Complete checkpoints, oldest first (temporary files are never listed)."""
+    def _found(self) -> list[tuple[str, int, Path]]:
         if not self.folder.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _NAME.match(p.name))]
-        return [p for _, p in sorted(found)]
+        return [
+            (m.group(1), int(m.group(2)), p)
+            for p in self.folder.iterdir()
+            if (m := _NAME.match(p.name))
+        ]
 
-    def latest(self) -> Path | None:
-        paths = self.paths()
+    def paths(self, run: str | None = None) -> list[Path]:
+        """Complete checkpoints (temporary files are never listed): a run's in the order
+        written, or every run's, oldest first."""
+        found = self._found()
+        if run is not None:
+            return [p for _, p in sorted((n, p) for r, n, p in found if r == run)]
+        return [p for _, _, p in sorted((_mtime(p), n, p) for _, n, p in found)]
+
+    def latest(self, run: str | None = None) -> Path | None:
+        """The newest checkpoint of ``run``, or of any run."""
+        paths = self.paths(run)
         return paths[-1] if paths else None
 
-    def write(self, payload: dict[str, Any]) -> Path:
-        """Write ``payload`` as the newest checkpoint, atomically; drop the oldest beyond
-        ``keep`` once the new one is complete. OSError (disk full, read-only folder) is
-        raised after the temporary file is removed."""
+    def runs(self) -> list[str]:
+        """The runs with checkpoints here, the most recently written last."""
+        newest: dict[str, float] = {}
+        for run, _, path in self._found():
+            newest[run] = max(newest.get(run, 0.0), _mtime(path))
+        return sorted(newest, key=newest.__getitem__)
+
+    def write(self, payload: dict[str, Any], run: str, *, finished: bool = False) -> Path:
+        """Write ``payload`` as ``run``'s newest checkpoint, atomically; then drop what is
+        no longer needed (see the class). OSError (disk full, read-only folder) is raised
+        after the temporary file is removed."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        paths = self.paths()
-        number = int(_NAME.match(paths[-1].name).group(1)) + 1 if paths else 1  # type: ignore[union-attr]
-        path = self.folder / f"run-{number:08d}.ckpt"
+        own = self.paths(run)
+        number = int(_NAME.match(own[-1].name).group(2)) + 1 if own else 1  # type: ignore[union-attr]
+        path = self.folder / f"{run}-{number:08d}.ckpt"
         atomic_save(payload, path)
-        for old in self.paths()[: -max(1, self.keep)]:
+        keep = 1 if finished else max(1, self.keep)
+        for old in self.paths(run)[:-keep]:
             old.unlink(missing_ok=True)
+        for other in self.runs()[: -max(1, self.keep_runs)]:
+            if other != run:
+                for old in self.paths(other):
+                    old.unlink(missing_ok=True)
         return path
 
-    def remove_partial(self) -> int:
-        """Delete the temporary files of writes that never finished (a process killed
-        mid-write leaves one); returns how many. Never read, they only take space."""
+    def remove_partial(self, run: str) -> int:
+        """Delete ``run``'s temporary files of writes that never finished (a process
+        killed mid-write leaves one); returns how many. Never read, they only take space."""
         if not self.folder.is_dir():
             return 0
-        partial = [p for p in self.folder.glob(".run-*.ckpt.*.tmp") if p.is_file()]
+        partial = [p for p in self.folder.glob(f".{run}-*.ckpt.*.tmp") if p.is_file()]
         for path in partial:
             path.unlink(missing_ok=True)
         return len(partial)
 
-    def clear(self) -> None:
-        for path in self.paths():
-            path.unlink(missing_ok=True)
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile
+        return 0.0
 
 
 def atomic_save(payload: Any, path: Path) -> None:
@@ -275,8 +317,8 @@ def atomic_save(payload: Any, path: Path) -> None:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             Path(tmp).unlink(missing_ok=True)
-        cause = os_error_of(exc)
-        if cause is not None and cause is not exc:
+        cause = os_error_of(exc) if isinstance(exc, RuntimeError) else None
+        if cause is not None:
             raise cause from None  # torch's zip writer reports a full disk as RuntimeError
         raise
     try:
@@ -318,9 +360,13 @@ def read_safely(path: Path) -> Any:
     try:
         return load_plain(path)
     except Exception as exc:  # a pickle with code, a truncated or corrupt file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+        if "Weights only load failed" in text:  # torch's advice would be to load it unsafely
+            why = "it holds objects other than tensors and plain values (code could run)"
+        else:
+            why = text.splitlines()[0][:200] if text else type(exc).__name__
         raise CheckpointError(
-            f"{path} cannot be read safely as an nbtrain checkpoint: {first[:200]}"
+            f"{path} cannot be read safely as an nbtrain checkpoint: {why}"
         ) from None
 
 
@@ -356,6 +402,11 @@ class ResumePoint:
     @property
     def status(self) -> str:
         return str(self.payload.get("status", "running"))
+
+    @property
+    def run(self) -> str:
+        """The run's name: the resumed run goes on writing checkpoints under it."""
+        return str(self.payload.get("run") or new_run_id())
 
     def describe(self) -> str:
         """One line: which stage, epoch and iteration the run goes on from."""

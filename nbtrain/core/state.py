@@ -155,7 +155,8 @@ class TrainState:
 
     ``it`` counts finished iterations of this fit (0-based index of the current batch
     while it runs), ``epoch`` and ``cycle`` are 0-based; ``fit`` is this fit's index in
-    ``learn.fits`` (-1 outside a Learner). ``plan`` is the whole run this fit is stage
+    ``learn.fits`` (-1 outside a Learner), ``run`` the name of its ``fit_stages`` run (its
+    checkpoints' prefix; a resumed run keeps it). ``plan`` is the whole run this fit is stage
     ``stage`` (0-based) of, when it runs under ``learn.fit_stages``: views read the run's
     schedules there at the first ``fit_start``. ``lrs`` holds the rate of every
     layer group for the current iteration. ``smooth_loss`` is the debiased exponential
@@ -168,6 +169,7 @@ class TrainState:
 
     schedule: SGDRSchedule
     fit: int = -1
+    run: str = ""
     plan: Plan | None = field(default=None, repr=False)
     stage: int = 0
     it: int = 0

@@ -111,12 +111,15 @@ class Stepper:
         with self.autocast():
             return self.loss_fn(self.model(xb), yb)
 
-    def train_step(self, batch: Any, lrs: Sequence[float], guard: InterruptGuard) -> float:
+    def train_step(
+        self, batch: Any, lrs: Sequence[float], guard: InterruptGuard, *, hold: bool = False
+    ) -> float:
         """Forward, backward and one optimizer step; returns the loss as a float.
 
         A non-finite loss returns before the backward pass, so the weights are those
         of the last finite step. The optimizer step runs inside ``guard.critical()``: a
-        kernel interrupt there waits until the step is whole.
+        kernel interrupt there waits until the step is whole (and, with ``hold``, until the
+        caller calls ``guard.raise_pending()``).
         """
         self.set_lrs(lrs)
         loss = self.forward_loss(batch)
@@ -126,13 +129,13 @@ class Stepper:
         opt = self.optimizer
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            with guard.critical():
+            with guard.critical(hold=hold):
                 self.scaler.step(opt)
                 self.scaler.update()
                 opt.zero_grad(set_to_none=True)
         else:
             loss.backward()
-            with guard.critical():
+            with guard.critical(hold=hold):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
         return value
@@ -212,12 +215,19 @@ class InterruptGuard:
             self._active = False
 
     @contextlib.contextmanager
-    def critical(self) -> Iterator[None]:
+    def critical(self, *, hold: bool = False) -> Iterator[None]:
+        """A section a second interrupt does not cut: it is raised at the end, or, with
+        ``hold``, kept until :meth:`raise_pending` (after the caller's bookkeeping)."""
         self._in_critical = True
         try:
             yield
         finally:
             self._in_critical = False
+        if not hold:
+            self.raise_pending()
+
+    def raise_pending(self) -> None:
+        """Raise the interrupt held back by :meth:`critical`, if one came."""
         if self._pending:
             self._pending = False
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("interrupted twice; stopped after the step in progress")

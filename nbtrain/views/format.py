@@ -168,4 +168,3 @@ def best_text(
         return f"best {name} {value}: the last cycle's end"
     back = f"learn.load_snapshot(fit={best['fit']}, cycle={best['fit_cycle']})"
     return f"best {name} {value} at {where} (last {last_value}): {back}"
-

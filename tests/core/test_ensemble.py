@@ -33,7 +33,9 @@ def test_the_ensemble_averages_the_last_snapshots_and_keeps_the_weights(learn):
     logits = three.clamp_min(1e-12).log()
     assert scores["loss"] == pytest.approx(nn.functional.nll_loss(logits, y).item())
     assert scores["accuracy"] == pytest.approx((three.argmax(1) == y).float().mean().item())
-    assert learn.snapshot_ensemble()[0].shape == three.shape  # default: the last fit's 3
+    assert torch.equal(learn.snapshot_ensemble()[0], three)  # default: the last fit's 3
+    learn.fit_cycles(0.1, cycles=2, seed=1)  # a later fit: the default is its own 2
+    assert torch.equal(learn.snapshot_ensemble()[0], learn.snapshot_ensemble(2)[0])
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nbtrain.core.resume import read_checkpoint
+from nbtrain.core.resume import CheckpointStore, read_checkpoint
 from tests.core.test_resume import PLAN, new_learner, same, weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ def test_a_kill_at_a_random_moment_resumes_from_the_last_complete_checkpoint(
     time.sleep(rng.uniform(0.0, 0.2))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    paths = sorted(folder.glob("run-*.ckpt"))
+    paths = CheckpointStore(folder).paths()
     newest = read_checkpoint(paths[-1])  # every listed checkpoint is whole
     finished = newest["status"] == "done" and newest["stage"] == len(PLAN) - 1
     assert not finished, "the run ended before the kill"
@@ -95,8 +95,9 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(reference, tmp
     time.sleep(0.5)  # the second write's bytes are on disk; it is not renamed yet
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    partial = list(folder.glob(".run-*.tmp"))
+    partial = list(folder.glob(".*.ckpt.*.tmp"))
     assert len(partial) == 1 and partial[0].stat().st_size > 0
-    assert [p.name for p in folder.glob("run-*.ckpt")] == ["run-00000001.ckpt"]
+    (complete,) = CheckpointStore(folder).paths()  # the first; the second never completed
+    assert complete.name.endswith("-00000001.ckpt")
     assert same(resume_from(folder, tmp_path), reference)
-    assert not list(folder.glob(".run-*.tmp"))  # the resumed run cleared it
+    assert not list(folder.glob(".*.tmp"))  # the resumed run (the same run) cleared it

@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import nbtrain.core.checkpoints as checkpoints
+
 from .conftest import TensorData, model_state
 from .test_features import make_learner
 
@@ -71,10 +73,11 @@ def points(n: int = 100) -> list[tuple[str, int]]:
 
 
 @pytest.mark.parametrize(("kind", "at"), points())
-def test_an_interrupt_anywhere_leaves_a_consistent_learner(tmp_path, kind, at):
+def test_an_interrupt_anywhere_leaves_a_consistent_learner(tmp_path, monkeypatch, kind, at):
     data = InterruptingData(256, n_valid=64, bs=32)  # 8 batches an epoch
     learn = make_learner(tmp_path, data)
-    learn.checkpoint_dir = False
+    learn.checkpoint_dir = tmp_path / "resume"
+    monkeypatch.setattr(checkpoints, "SPACING", 0)  # a checkpoint at every epoch end too
     if kind == "fit":
         learn.unfreeze()
         event = ("batch_start", "batch_end")[at % 2]
@@ -102,5 +105,9 @@ def test_an_interrupt_anywhere_leaves_a_consistent_learner(tmp_path, kind, at):
         assert learn.feature_cache.last is None
         data.interrupt_fix_at = None
     assert_consistent(learn)
+    if kind == "fit":  # the interrupted fit's checkpoint resumes it to its end
+        state = learn.resume()[-1]
+        assert state.status == "done" and state.it == state.total_iters
+        assert_consistent(learn)
     assert learn.fit_cycles(0.05).status == "done"  # the next fit runs
     assert_consistent(learn)

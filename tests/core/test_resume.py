@@ -200,13 +200,23 @@ def test_an_epoch_end_checkpoint_is_what_a_dead_kernel_leaves(reference, tmp_pat
     assert same(weights(resumed), ref_weights)
 
 
-def test_checkpoints_keep_the_newest_and_ignore_partial_files(tmp_path):
-    store = CheckpointStore(tmp_path, keep=2)
+def test_each_run_keeps_its_newest_and_the_folder_its_newest_runs(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2, keep_runs=2)
+    a, b, c = "a" * 12, "b" * 12, "c" * 12
     for i in range(4):
-        store.write({"format": "x", "i": i})
-    assert [p.name for p in store.paths()] == ["run-00000003.ckpt", "run-00000004.ckpt"]
-    (tmp_path / ".run-00000005.ckpt.abc.tmp").write_bytes(b"half a file")
-    assert store.latest().name == "run-00000004.ckpt"
+        store.write({"format": "x", "i": i}, a)
+    assert [p.name for p in store.paths(a)] == [f"{a}-00000003.ckpt", f"{a}-00000004.ckpt"]
+    (tmp_path / f".{a}-00000005.ckpt.x1.tmp").write_bytes(b"half a file")
+    (tmp_path / f".{b}-00000001.ckpt.x2.tmp").write_bytes(b"another run's write")
+    assert store.latest(a).name == f"{a}-00000004.ckpt"  # a temporary file is never listed
+    assert store.remove_partial(a) == 1  # its own only: b may be writing right now
+    assert (tmp_path / f".{b}-00000001.ckpt.x2.tmp").exists()
+    store.write({"format": "x"}, b)
+    assert store.latest().name == f"{b}-00000001.ckpt" and store.runs() == [a, b]
+    store.write({"format": "x"}, b, finished=True)  # a finished run keeps its last only
+    assert [p.name for p in store.paths(b)] == [f"{b}-00000002.ckpt"]
+    store.write({"format": "x"}, c)  # three runs: the oldest goes
+    assert store.runs() == [b, c] and store.paths(a) == []
 
 
 def test_a_finished_run_has_nothing_to_resume(tmp_path):
@@ -226,7 +236,7 @@ class Evil:
 
 def test_a_checkpoint_that_would_run_code_is_refused_by_resume_and_load(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    bad = tmp_path / "run-00000001.ckpt"
+    bad = tmp_path / "0123456789ab-00000001.ckpt"
     with open(bad, "wb") as f:
         pickle.dump({"format": "nbtrain-resume", "evil": Evil()}, f)
     learn = new_learner(tmp_path)
@@ -345,3 +355,121 @@ def test_a_full_disk_stops_the_fit_cleanly_in_one_line(tmp_path, monkeypatch):
     monkeypatch.undo()
     learn.checkpoint_dir = False
     assert learn.fit_cycles(0.05).status == "done"  # the learner goes on
+
+
+# ---------------------------------------------------------------- what a review found
+def test_a_stop_at_an_epochs_last_batch_resumes_bit_for_bit(reference, tmp_path):
+    # The loader must still run out after the last batch: its RandomSampler draws once
+    # more from the loader's generator then.
+    ref_weights, ref_losses = reference
+    run = new_learner(tmp_path / "run")
+
+    class StopAtLastBatch:
+        def on_batch_end(self, state):
+            if state.stage == 0 and state.it == 8:  # the last batch of the first epoch
+                run.request_stop()
+
+    run.fit_stages(PLAN, listeners=[StopAtLastBatch()])
+    assert run.fits[-1].status == "stopped"
+    resumed = resume_elsewhere(run.checkpoints.folder, tmp_path)
+    assert same(weights(resumed), ref_weights)
+    assert losses(resumed) == ref_losses
+
+
+def test_a_second_interrupt_inside_a_step_is_raised_after_the_position_is_whole(
+    reference, tmp_path
+):
+    import signal
+
+    ref_weights, _ = reference
+    run = new_learner(tmp_path / "run")
+    step, steps = run.opt.step, []
+
+    def step_interrupted_twice(*args, **kwargs):
+        out = step(*args, **kwargs)
+        steps.append(1)
+        if len(steps) == 11:  # the guard holds the second interrupt until the step is whole
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return out
+
+    run.opt.step = step_interrupted_twice
+    with pytest.raises(KeyboardInterrupt, match="interrupted twice"):
+        run.fit_stages(PLAN)
+    run.opt.step = step
+    assert read_checkpoint(run.last_checkpoint)["position"]["it"] == 11 == len(steps)
+    resumed = resume_elsewhere(run.checkpoints.folder, tmp_path)
+    assert same(weights(resumed), ref_weights)
+
+
+def test_an_interrupt_in_an_epoch_end_handler_records_the_epoch_once(reference, tmp_path):
+    ref_weights, ref_losses = reference
+
+    class InterruptAtEpochEnd:
+        def on_epoch_end(self, state):
+            if state.stage == 1 and state.epoch == 0:
+                raise KeyboardInterrupt("in a handler")
+
+    run = new_learner(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        run.fit_stages(PLAN, listeners=[InterruptAtEpochEnd()])
+    run.resume()  # the same kernel
+    assert same(weights(run), ref_weights)
+    assert losses(run) == ref_losses  # no epoch twice
+    assert [s.status for s in run.fits] == ["done", "done"]
+
+
+def test_a_resumed_run_goes_on_with_the_same_fit(reference, tmp_path):
+    # In the same kernel the interrupted stage's state is replaced, not followed by a new
+    # one: the history has each epoch once, the snapshots one fit per stage.
+    _, ref_losses = reference
+    run = new_learner(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        run.fit_stages(PLAN, listeners=[Interrupt(21, "batch_end")])
+    run.resume()
+    assert [s.stage for s in run.fits] == [0, 1] and [s.fit for s in run.fits] == [0, 1]
+    assert losses(run) == ref_losses
+    assert [(s.fit, s.cycle) for s in run.snapshots] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    three, _ = run.snapshot_ensemble(2)  # stage 2's two cycle ends
+    default, _ = run.snapshot_ensemble()
+    assert torch.equal(default, three)
+
+
+def test_two_learners_in_one_folder_resume_their_own_runs(tmp_path):
+    a, b = new_learner(tmp_path), new_learner(tmp_path, init_seed=5)
+    with pytest.raises(KeyboardInterrupt):
+        a.fit_stages(PLAN, listeners=[Interrupt(13, "batch_end")])
+    b.fit_stages([Stage(0.01, cycles=3)])  # another run, in the same models/resume
+    with pytest.raises(KeyboardInterrupt):
+        b.fit_stages([Stage(0.01, cycles=3)], listeners=[Interrupt(5, "batch_end")])
+    point = a.resume_point()
+    assert point.plan.stages == tuple(PLAN) and point.start.it == 14  # after iteration 13
+    reference = new_learner(tmp_path / "reference")
+    reference.fit_stages(PLAN)
+    a.resume()
+    assert same(weights(a), weights(reference))
+    assert b.resume_point().start.it == 6  # b's run is still there
+
+
+def test_values_from_numpy_in_the_learners_source_still_load(tmp_path):
+    import numpy as np
+
+    learn = new_learner(tmp_path)
+    learn.source = {"from": "mine", "dropout": np.float64(0.25), "sizes": (np.int64(3),)}
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit_stages(PLAN, listeners=[Interrupt(3, "batch_end")])
+    payload = read_checkpoint(learn.last_checkpoint)
+    assert payload["source"] == {"from": "mine", "dropout": 0.25, "sizes": [3]}
+    learn.resume()
+
+
+def test_fit_cycles_resume_true_and_what_cannot_go_with_it(tmp_path):
+    learn = new_learner(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit_cycles(0.1, cycles=3, listeners=[Interrupt(9, "batch_end")])
+    with pytest.raises(ValueError, match="cycles cannot be given with it"):
+        learn.fit_cycles(cycles=2, resume=True)
+    state = learn.fit_cycles(resume=True)
+    assert state.status == "done" and state.it == state.total_iters
+    with pytest.raises(ValueError, match="fit_cycles needs a rate"):
+        learn.fit_cycles()

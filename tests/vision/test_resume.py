@@ -102,5 +102,13 @@ def test_the_magic_rebuilds_an_unbound_learner_from_the_checkpoint(shapes, tmp_p
         ip.run_line_magic("fit_cycles", f"restored --resume {run.last_checkpoint}")
     restored = ip.user_ns.pop("restored")
     assert [s.status for s in restored.fits] == ["done", "done"]
+    finished = restored.last_checkpoint  # the run ended: nothing to resume, nothing bound
+    with pytest.raises(UsageError, match="that run finished; there is nothing to resume"):
+        ip.run_line_magic("fit_cycles", f"again --resume {finished}")
+    assert "again" not in ip.user_ns
+    # the finished run's learner, with its final weights, is one call away
+    final = Learner.from_checkpoint(finished)
+    got, expected = weights(final), weights(restored)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
     with pytest.raises(UsageError, match=r"no checkpoint at nowhere\.ckpt"):
         ip.run_line_magic("fit_cycles", "unbound --resume nowhere.ckpt")
