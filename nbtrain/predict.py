@@ -55,6 +55,7 @@ class Predictor:
         self.classes: list[str] | None = meta.get("classes")
         self.device = torch.device(device)
         self.input_shape: list[int] = list(meta.get("input_shape") or [3, 0, 0])
+        self.channels_last = bool(meta.get("channels_last"))
         spec = meta.get("transform")
         self.transform: EvalTransform | None = None
         if spec is not None:
@@ -129,20 +130,23 @@ class Predictor:
         return self.prepare(items).unsqueeze(0), False
 
     # ---- predictions ------------------------------------------------------------------
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, torch.float32)
+        if self.channels_last:  # the layout the graph was captured in
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.module(x).float()
+
     def probabilities(self, items: Any) -> torch.Tensor:
         """Class probabilities, ``(N, classes)`` (a batch of one for one image)."""
         x, _ = self._batch(items)
-        with torch.inference_mode():
-            logits = self.module(x.to(self.device, torch.float32))
-        return logits.float().softmax(dim=-1).cpu()
+        return self._logits(x).softmax(dim=-1).cpu()
 
     def predict(self, items: Any) -> tuple[Any, torch.Tensor]:
         """``(class, probabilities)`` for one image; ``([classes], (N, C) probabilities)``
         for a batch. A class is its name, or its index without names."""
         x, batched = self._batch(items)
-        with torch.inference_mode():
-            logits = self.module(x.to(self.device, torch.float32))
-        probs = logits.float().softmax(dim=-1).cpu()
+        probs = self._logits(x).softmax(dim=-1).cpu()
         labels = [self._label(int(i)) for i in probs.argmax(dim=-1)]
         return (labels, probs) if batched else (labels[0], probs[0])
 

@@ -59,6 +59,7 @@ def test_the_export_is_one_file_with_the_graph_classes_and_transform(trained):
         "std": [0.5, 0.5, 0.5],
     }
     assert meta["arch"] == "tf_efficientnet_lite0" and meta["nbtrain"]
+    assert meta["channels_last"] is True  # the layout the learner ran in
     assert not list(path.parent.glob(".export.pt2.*"))  # no temporary file left
 
 
