@@ -1,7 +1,7 @@
 """The main job: execute the checklist notebook headless, and keep what it made.
 
     python -m nbtrain.notebook_job                    # generated shapes data set (offline)
-    python -m nbtrain.notebook_job --data PATH        # your photos: PATH/train, PATH/valid
+    python -m nbtrain.notebook_job --data PATH        # your photos (see --data)
     python -m nbtrain.notebook_job --out out/run.ipynb --timeout 3600
 
 The notebook runs cell by cell in a real Jupyter kernel (nbclient). The terminal shows
@@ -10,8 +10,10 @@ of a fit (stage, epoch, losses, accuracy, ETA: the kernel appends them to a log 
 named in $NBTRAIN_EPOCH_LOG, see nbtrain.views.epoch_log, and the job prints them).
 
 What it leaves, next to --out: the executed notebook (rewritten after every cell, so it
-holds the run as far as it got), the epoch log (.log), and models/NAME.pth for every
-Learner in the kernel's namespace (saved after each fit cell and at the end).
+holds the run as far as it got), the epoch log (.log), models/NAME.pth for every Learner
+in the kernel's namespace (saved after each fit cell and at the end), and, when every cell
+ran, NAME.pt2: the model exported for inference (``nbtrain.load_model``), whose path is
+the last line printed.
 
 A cell has no time limit unless --timeout gives one (a long fit is legitimate). When a
 cell fails, times out (the kernel is interrupted: a fit stops at its next batch), or the
@@ -47,6 +49,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "checklist.ipynb"
 SAVED_MARK = "nbtrain-job-saved:"
+EXPORTED_MARK = "nbtrain-job-exported:"
 JOB_CELL = "nbtrain_job"  # metadata key of the cell the job runs itself
 BEST_LINE = re.compile(r"best\b", re.IGNORECASE)
 SIGNAL_EXIT: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -90,6 +93,29 @@ def save_learners(namespace: dict[str, Any], folder: str | os.PathLike) -> dict[
             seen.add(id(value))
             saved[name] = str(value.save(Path(folder) / f"{name}.pth"))
     return saved
+
+
+def export_learners(namespace: dict[str, Any], folder: str | os.PathLike) -> dict[str, str]:
+    """Export every nbtrain Learner in ``namespace`` as ``folder/NAME.pt2`` (see
+    :meth:`nbtrain.Learner.export`); runs in the kernel. Returns ``{name: path}``."""
+    from nbtrain.core.learner import Learner
+
+    exported: dict[str, str] = {}
+    seen: set[int] = set()
+    for name, value in list(namespace.items()):
+        if isinstance(value, Learner) and not name.startswith("_") and id(value) not in seen:
+            seen.add(id(value))
+            exported[name] = str(value.export(Path(folder) / f"{name}.pt2"))
+    return exported
+
+
+def _export_source(folder: Path) -> str:
+    return (
+        "from nbtrain.notebook_job import export_learners as _nbtrain_export\n"
+        f"print({EXPORTED_MARK!r}, __import__('json').dumps(_nbtrain_export(globals(), "
+        f"{str(folder)!r})))\n"
+        "del _nbtrain_export\n"
+    )
 
 
 def _save_source(folder: Path) -> str:
@@ -137,6 +163,8 @@ class Outcome:
     saved: dict[str, str] = field(default_factory=dict)
     saved_when: str = ""  # "after cell [8]", "at the end", ...
     save_error: str = ""
+    exported: dict[str, str] = field(default_factory=dict)  # {name: path of NAME.pt2}
+    export_error: str = ""
     cells_run: int = 0
 
 
@@ -310,6 +338,8 @@ class NotebookJob:
                     await self._run_cells()
                     if self.outcome.status not in ("dead", "aborted"):
                         await self._save(self._save_reason())
+                    if self.outcome.status == "done":
+                        await self._export()
                     self.kernel_cpu = kernel_cpu_times(client.km)
                 finally:
                     tail.cancel()
@@ -383,31 +413,44 @@ class NotebookJob:
 
     async def _save(self, when: str) -> None:
         """Run the save cell in the kernel; record what it wrote (or why it could not)."""
+        saved, error = await self._job_cell("save", _save_source(self.models.resolve()), SAVED_MARK)
+        if error:
+            self.outcome.save_error = error
+        elif saved:
+            self.outcome.saved, self.outcome.saved_when = saved, when
+            self.outcome.save_error = ""
+
+    async def _export(self) -> None:
+        """Export every learner next to the executed notebook (after a complete run)."""
+        exported, error = await self._job_cell(
+            "export", _export_source(self.out.parent.resolve()), EXPORTED_MARK
+        )
+        self.outcome.exported, self.outcome.export_error = exported, error
+
+    async def _job_cell(self, kind: str, source: str, mark: str) -> tuple[dict[str, str], str]:
+        """Run one of the job's own cells in the kernel (kept out of the notebook); the
+        JSON it printed after ``mark``, or the one-line error that stopped it."""
         from nbclient.exceptions import CellControlSignal, DeadKernelError
 
         if self._interrupt is not None:
-            await self._interrupt  # a late interrupt must not land in the save
-        nbformat = self.nbformat
-        cell = nbformat.v4.new_code_cell(_save_source(self.models.resolve()))
-        cell.metadata[JOB_CELL] = "save"
+            await self._interrupt  # a late interrupt must not land in this cell
+        cell = self.nbformat.v4.new_code_cell(source)
+        cell.metadata[JOB_CELL] = kind
         self.nb.cells.append(cell)  # execute_cell stores the cell at its index
         self._saving = True
         try:
             await self.client.async_execute_cell(cell, len(self.nb.cells) - 1, store_history=False)
         except (CellControlSignal, DeadKernelError) as exc:
             ename = getattr(exc, "ename", type(exc).__name__)
-            self.outcome.save_error = f"{ename}: {getattr(exc, 'evalue', exc)}"
-            return
+            return {}, f"{ename}: {getattr(exc, 'evalue', exc)}"
         finally:
             self._saving = False
             self.nb.cells.pop()
         text = "".join(o.get("text", "") for o in cell.outputs if o.get("name") == "stdout")
         for line in text.splitlines():
-            if line.startswith(SAVED_MARK):
-                saved = json.loads(line[len(SAVED_MARK) :])
-                if saved:
-                    self.outcome.saved, self.outcome.saved_when = saved, when
-                    self.outcome.save_error = ""
+            if line.startswith(mark):
+                return json.loads(line[len(mark) :]), ""
+        return {}, ""
 
     def _write(self) -> None:
         """Write the executed notebook as it is now (atomically: a kill mid-write leaves
@@ -435,6 +478,11 @@ class NotebookJob:
         )
         lines.append(f"{where}: {_shown(self.out)}")
         lines.append(self._weights_line())
+        if o.exported:
+            paths = ", ".join(_shown(Path(p)) for p in o.exported.values())
+            lines.append(f"exported for inference (nbtrain.load_model): {paths}")
+        elif o.export_error:
+            lines.append(f"export: failed ({o.export_error})")
         if self.kernel_cpu is not None:  # first: the last lines are the results
             user, system = self.kernel_cpu
             lines.insert(
@@ -484,7 +532,7 @@ class NotebookJob:
         o = self.outcome
         if o.signum is not None:
             return SIGNAL_EXIT[o.signum]
-        if o.status != "done" or o.save_error:
+        if o.status != "done" or o.save_error or o.export_error:
             return 1
         return 0 if any(line.startswith("final accuracy") for line in self.stdout_lines) else 1
 
@@ -498,8 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--data",
         default=None,
-        help="image folder with train/ and valid/ (or val/); default: a generated "
-        "shapes data set, offline",
+        help="a folder with train/ and valid/ (or val/), a folder of class folders (split "
+        "80/20, seeded), or a CSV of file names and labels; default: a generated shapes "
+        "data set, offline",
     )
     ap.add_argument("--notebook", type=Path, default=NOTEBOOK, help="the notebook to run")
     ap.add_argument(
@@ -518,8 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    if args.data is not None and not Path(args.data).is_dir():
-        print(f"error: no image folder at {args.data}", file=sys.stderr)
+    if args.data is not None and not Path(args.data).exists():
+        print(f"error: no image folder or CSV at {args.data}", file=sys.stderr)
         return 2
     if not args.notebook.is_file():
         print(f"error: no notebook at {args.notebook}", file=sys.stderr)

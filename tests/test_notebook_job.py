@@ -154,16 +154,30 @@ def test_normal_run_saves_the_weights_and_ends_with_the_results(job, tmp_path):
     )
     assert rc == 0, text
     lines = text.strip().splitlines()
-    assert lines[-5].startswith("done: 5 cells in ")
+    assert lines[-6].startswith("done: 5 cells in ")
     assert re.fullmatch(
-        r"kernel process CPU time \d+:\d\d, \d+\.\d% of it in the OS kernel", lines[-6]
-    ), lines[-6]
-    assert lines[-4:] == [
+        r"kernel process CPU time \d+:\d\d, \d+\.\d% of it in the OS kernel", lines[-7]
+    ), lines[-7]
+    exported = tmp_path / "out" / "learn.pt2"
+    assert lines[-5:] == [
         "final accuracy: 75.0%",
         "best accuracy: 75.0% (stage 1, cycle 2)",
         f"executed notebook: {tmp_path / 'out' / 'tiny.ipynb'}",
         f"weights: {tmp_path / 'out' / 'models' / 'learn.pth'} (saved at the end)",
+        f"exported for inference (nbtrain.load_model): {exported}",
     ]
+    # the export predicts what the saved weights predict
+    from nbtrain import load_model
+
+    model = load_model(exported)  # the notebook's own model class is not needed
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Identity(), torch.nn.Linear(16, 2)
+    )
+    net.load_state_dict(saved_weights(tmp_path))
+    x = torch.rand(8, 2) * 2 - 1
+    with torch.no_grad():
+        expected = net.eval()(x).softmax(-1)
+    assert torch.allclose(model.probabilities(x), expected, atol=1e-6)
     # where the run is: each cell's number and first line, each epoch's row
     assert "[2] %load_ext nbtrain" in lines
     rows = [line.split() for line in lines if line.split()[:2] in (["1", "1"], ["2", "2"])]

@@ -214,8 +214,11 @@ class ImageData:
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
         seed: int = 0,
+        valid_pct: float = 0.2,
     ) -> ImageData:
-        """Read ``path/train/<class>/*`` and ``path/valid/<class>/*``.
+        """Read ``path/train/<class>/*`` and ``path/valid/<class>/*``; or, when ``path``
+        has no ``train`` folder, ``path/<class>/*`` split into training and validation
+        images (``valid_pct`` of each class, drawn with ``seed``: the same split every time).
 
         Parameters
         ----------
@@ -242,6 +245,11 @@ class ImageData:
             No class folders, an empty class folder, or no usable image at all.
         """
         root = existing_dir(path, "data folder")
+        if not (root / train).is_dir() and valid is None and train == "train":
+            return cls._from_class_folders(
+                root, valid_pct, seed=seed, size=size, bs=bs, num_workers=num_workers,
+                augment=augment, mean=mean, std=std,
+            )  # fmt: skip
         train_dir = existing_dir(root / train, "training folder")
         valid_dir = find_valid_dir(root, valid)
         classes = class_dirs(train_dir)
@@ -376,6 +384,51 @@ class ImageData:
             "seed": seed,
         }
         return data
+
+    @classmethod
+    def _from_class_folders(
+        cls, root: Path, valid_pct: float, *, seed: int, **settings: Any
+    ) -> ImageData:
+        """``root/<class>/*`` split per class: ``valid_pct`` of each (at least one image
+        where a class has two or more) to validation, drawn with ``seed``."""
+        if not 0 < valid_pct < 1:
+            raise ValueError(f"valid_pct must be between 0 and 1 (exclusive), got {valid_pct!r}")
+        classes = class_dirs(root)
+        candidates: dict[str, list[Item]] = {split: [] for split in SPLITS}
+        rng = np.random.default_rng(seed)
+        for label, name in enumerate(classes):
+            files = image_candidates(root / name)
+            if not files:
+                raise ValueError(f"empty class folder: '{root / name}'")
+            n_valid = min(max(1, round(len(files) * valid_pct)), len(files) - 1)
+            held = set(rng.permutation(len(files))[:n_valid].tolist()) if len(files) > 1 else set()
+            for i, file in enumerate(files):
+                candidates["valid" if i in held else "train"].append((file, label))
+        items, bad = check_items(candidates, root)
+        if not items["train"]:
+            raise ValueError(f"no usable training images in '{root}'")
+        warn_bad(bad, root)
+        data = cls(items["train"], items["valid"], classes, path=root, seed=seed,
+                   bad_files=list(bad), **settings)  # fmt: skip
+        data.source = {"from": "folder", "path": str(root.resolve()), "seed": seed,
+                       "valid_pct": valid_pct}  # fmt: skip
+        return data
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, **settings: Any) -> ImageData:
+        """Whatever ``path`` is: a folder with ``train/`` and ``valid/`` (or ``val/``), a
+        folder of class folders to split (``valid_pct``, ``seed``), or a CSV of file names
+        and labels (the names relative to the CSV's folder, or to its ``images/``)."""
+        path = Path(path).expanduser()
+        if path.suffix.lower() == ".csv":
+            if not path.is_file():
+                raise FileNotFoundError(f"label file not found: '{path}'")
+            rows = read_label_csv(path)
+            first = rows[0][0] if rows else ""
+            folder = "." if (path.parent / first).is_file() else "images"
+            csv_settings = {k: v for k, v in settings.items() if k not in ("train", "valid")}
+            return cls.from_csv(path.parent, csv=path.name, folder=folder, **csv_settings)
+        return cls.from_folder(path, **settings)
 
     @classmethod
     def from_source(cls, source: dict[str, Any], **settings: Any) -> ImageData:

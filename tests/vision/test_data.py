@@ -386,3 +386,34 @@ def test_shapes_dataset_reuses_or_refuses_folders(tmp_path):
         make_shapes_dataset(tmp_path / "mine")
     with pytest.raises(ValueError, match="hexagon"):
         make_shapes_dataset(tmp_path / "x", classes=("circle", "hexagon"))
+
+
+# ------------------------------------------------------------ from_path: any layout
+def test_a_folder_of_class_folders_is_split_per_class_the_same_every_time(tmp_path):
+    root = tmp_path / "photos"
+    for c, name in enumerate(("cats", "dogs")):
+        for i in range(10):
+            write_image(root / name / f"{name}_{i}.jpg", seed=100 * c + i)
+    data = ImageData.from_path(root, size=32, bs=4, num_workers=0, seed=3)
+    again = ImageData.from_folder(root, size=32, bs=4, num_workers=0, seed=3)
+    assert data.classes == ["cats", "dogs"]
+    assert [label for _, label in data.valid_items].count(0) == 2  # 20% of each class
+    assert [label for _, label in data.valid_items].count(1) == 2
+    assert data.valid_items == again.valid_items and data.train_items == again.train_items
+    other = ImageData.from_folder(root, size=32, bs=4, num_workers=0, seed=4)
+    assert other.valid_items != data.valid_items
+    assert not set(data.valid_files) & set(data.train_files)
+    assert data.source == {"from": "folder", "path": str(root.resolve()), "seed": 3,
+                           "valid_pct": 0.2}  # fmt: skip
+    with pytest.raises(ValueError, match="valid_pct must be between 0 and 1"):
+        ImageData.from_folder(root, valid_pct=1.5)
+
+
+def test_from_path_reads_a_csv_and_a_train_valid_folder(csv_folder, image_folder):
+    by_csv = ImageData.from_path(csv_folder / "labels.csv", size=32, bs=4, num_workers=0)
+    direct = ImageData.from_csv(csv_folder, size=32, bs=4, num_workers=0)
+    assert by_csv.train_items == direct.train_items and by_csv.classes == direct.classes
+    by_folder = ImageData.from_path(image_folder, size=32, bs=4, num_workers=0)
+    assert by_folder.train_items == ImageData.from_folder(image_folder, num_workers=0).train_items
+    with pytest.raises(FileNotFoundError, match="label file not found"):
+        ImageData.from_path(csv_folder / "missing.csv")
