@@ -455,6 +455,49 @@ class NbtrainMagics(Magics):
         Without widgets: the same as a table."""
         self._show_layers(self._learner(self._parse(self.layers, line).learner))
 
+    # ---- %show_batch, %interpret -------------------------------------------------------
+    @no_var_expand
+    @magic_arguments()
+    @argument("learner", help="name of a Learner in the namespace, e.g. learn")
+    @argument("--n", default="16", metavar="N", help="how many images (default 16)")
+    @argument(
+        "--augmented",
+        action="store_true",
+        help="through the training transform (random crops, flips, rotations, jitter)",
+    )
+    @argument("--seed", default=None, metavar="N", help="draw these images (default: new ones)")
+    @line_magic
+    def show_batch(self, line: str) -> None:
+        """Show training images as the model sees them: after the eval transform (or
+        the training one with --augmented), de-normalised, with their labels. The
+        "Draw again" button draws others; without widgets, one static figure."""
+        args = self._parse(self.show_batch, line)
+        learn = self._learner(args.learner)
+        n = self._ev(args.n, "--n")
+        seed = self._ev(args.seed, "--seed") if args.seed is not None else None
+        try:
+            self.last["show_batch"] = show.batch(
+                learn, n=n, augmented=args.augmented, seed=seed, widgets=self._widgets()
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    @no_var_expand
+    @magic_arguments()
+    @argument("learner", help="name of a Learner in the namespace, e.g. learn")
+    @argument("--k", default="9", metavar="K", help="top losses to show (default 9)")
+    @line_magic
+    def interpret(self, line: str) -> None:
+        """Look at the mistakes on the validation images: the confusion matrix (a click
+        on a cell shows its images) and the K images with the highest loss."""
+        args = self._parse(self.interpret, line)
+        learn = self._learner(args.learner)
+        k = self._ev(args.k, "--k")
+        try:
+            self.last["interpret"] = show.interpretation(learn, k=k, widgets=self._widgets())
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
     # ---- %nbtrain_config ---------------------------------------------------------------
     @no_var_expand
     @magic_arguments()

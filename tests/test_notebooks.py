@@ -106,7 +106,7 @@ def test_checklist_has_all_eight_steps_in_order(nb_tools):
         return hits[0]
 
     order = [
-        first(r"ImageData\.from_folder\(.*augment=True"),  # 1
+        first(r"ImageData\.from_(folder|path)\(.*augment=True"),  # 1
         first(r"^learn = Learner\.pretrained\(.*precompute=True"),  # 1
         first(r"^%lr_find learn --seed SEED$"),  # 2
         first(r"^lr=lr cycles=HEAD_CYCLES precompute=True$"),  # 3

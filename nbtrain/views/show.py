@@ -108,3 +108,56 @@ def layers(learn: Learner, *, widgets: bool) -> Any:
         view = LayersReport(learn)
     display(view, display_id=True)
     return view
+
+
+def batch(learn: Learner, *, n: Any, augmented: bool, seed: Any, widgets: bool) -> Any:
+    """Training images as the model sees them, with a "Draw again" button (widgets) or
+    as one figure; ValueError (one line) for data that is not image data."""
+    from nbtrain.core.checks import whole_number
+
+    data = learn.data
+    if not callable(getattr(data, "train_transform", None)):
+        raise ValueError(
+            f"show_batch needs image data (ImageData); this learner has {type(data).__name__}"
+        )
+    n = whole_number("--n", n, minimum=1)
+    seed = None if seed is None else whole_number("--seed", seed)
+    view: Any
+    if widgets:
+        from nbtrain.views.looks import BatchView
+
+        view = BatchView(data, n=n, augmented=augmented, seed=seed)
+    else:
+        from nbtrain.views.looks import FigureReport
+        from nbtrain.vision.look import batch_images, image_grid
+
+        images, labels, used = batch_images(data, n, augmented=augmented, seed=seed)  # type: ignore[arg-type]
+        fig = image_grid(list(images), labels, title=f"{len(labels)} training images, seed {used}")
+        view = FigureReport(fig, f"batch (seed {used}): {', '.join(labels)}")
+    display(view)
+    return view
+
+
+def interpretation(learn: Learner, *, k: Any, widgets: bool) -> Any:
+    """The confusion matrix (clickable cells, with widgets) and the top ``k`` losses."""
+    from nbtrain.core.checks import whole_number
+    from nbtrain.vision.interpret import Interpretation
+
+    k = whole_number("--k", k, minimum=1)
+    if learn.data.valid is None:
+        raise ValueError("interpret needs validation data; this learner has none")
+    interp = Interpretation.from_learner(learn)
+    view: Any
+    if widgets:
+        from nbtrain.views.looks import InterpretationView
+
+        view = InterpretationView(interp, k=k)
+        display(view)
+        return view
+    from nbtrain.views.looks import FigureReport, confusion_text
+
+    view = FigureReport(interp.plot_confusion_matrix(), confusion_text(interp))
+    display(view)
+    if interp.files:
+        display(FigureReport(interp.plot_top_losses(k), f"the {k} highest losses"))
+    return view

@@ -634,6 +634,16 @@ class ImageData:
             for v in TTA_VIEWS
         ]
 
+    def show_batch(self, n: int = 16, *, augmented: bool = True, seed: int | None = None) -> Any:
+        """A grid of ``n`` training images as the model sees them (after the training
+        transform, or the eval one with ``augmented=False``; de-normalised), with their
+        labels: a matplotlib Figure. Each call draws anew unless ``seed`` is given; the
+        training's random state is left alone. ``%show_batch learn`` shows it with a
+        "draw again" button."""
+        from nbtrain.vision.look import batch_figure
+
+        return batch_figure(self, n, augmented=augmented, seed=seed)
+
     def inference_spec(self) -> dict[str, Any]:
         """The eval transform as plain values, for an export (:mod:`nbtrain.imaging`
         applies it again at inference)."""
