@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from nbtrain.core import DataLoaders, Learner
 from nbtrain.core.lr_range import LRRangeResult
 from nbtrain.core.schedules import SGDRSchedule
-from nbtrain.core.state import TrainState
+from nbtrain.core.state import EpochRecord, TrainState
 from nbtrain.views import frontend
 from nbtrain.views.format import fmt_seconds, plan_summary, text_table
 from nbtrain.views.freeze_panel import FreezePanel, LayersReport, refresh_panels
@@ -487,3 +487,42 @@ def test_a_resumed_run_shows_the_whole_plan_and_the_part_already_done(learn):
     assert train_its[2] == 11  # then every batch from where the run went on (it 6 of stage 2)
     assert [it for it, _ in view._valid] == [4, 8, 12, 16]
     assert view.status == "done" and "done: 4 epochs" in view.text()
+
+
+def test_losses_above_the_first_axis_show_by_the_first_epochs_end(monkeypatch):
+    # Draws are dear on this clock (the budget allows none in the first epoch), and the
+    # losses (2.3, a ten-class start) sit above the empty plot's 0-1 axis: the first
+    # epoch's end draws them anyway, on an axis that holds them.
+    plan = SGDRSchedule(lrs=(0.1,), iters_per_epoch=20, cycles=1, cycle_len=2)
+    clock = ManualClock()
+    view = ProgressView([plan], clock=clock, cpu_clock=clock)
+    png = type(view._figure).png
+
+    def slow_png(self, *args):
+        clock.now += 0.05
+        return png(self, *args)
+
+    monkeypatch.setattr(type(view._figure), "png", slow_png)
+    view.on_fit_start(fake_state(plan, 0, 0.0))
+    start = view.redraws
+    for it in range(1, 21):
+        clock.now += 0.01
+        state = fake_state(plan, it, clock.now)
+        state.smooth_loss = 2.3 - 0.01 * it
+        view.on_batch_end(state)
+    assert view.redraws == start  # the budget held every frame back
+    state.valid_loss, state.metrics, state.epoch = 2.25, {"accuracy": 0.1}, 0
+    state.history.append(EpochRecord(0, 0, 2.2, 2.25, {"accuracy": 0.1}, 0.2, (0.1,)))
+    view.on_epoch_end(state)
+    assert view.redraws == start + 1
+    bottom, top = view._figure.ax.get_ylim()
+    assert bottom <= 2.1 and top >= 2.29  # every loss drawn so far is inside the axis
+
+
+def test_the_loss_axis_follows_a_loss_that_jumps_up():
+    plan = SGDRSchedule(lrs=(0.1,), iters_per_epoch=100, cycles=1)
+    figure = ProgressView([plan])._figure
+    falling = [(it, 1.0 - 0.005 * it) for it in range(60)]
+    figure.png(falling, [], 60)
+    figure.png([*falling, (60, 3.0)], [], 61)  # a restart's rate makes it jump
+    assert figure.ax.get_ylim()[1] >= 3.0

@@ -131,6 +131,8 @@ class ProgressFigure:
             median = sorted(train)[len(train) // 2]
             hi = min(hi, lo + 2.5 * max(median - lo, 1e-3))
         hi = max(hi, *valid) if valid else hi  # every validation loss stays in view
+        if train:
+            hi = max(hi, train[-1])  # and the loss now, however high (a new stage's start)
         bottom, top = self.ax.get_ylim()
         span = max(hi - lo, 1e-3)
         if (
@@ -238,6 +240,7 @@ class ProgressView(W.VBox):
         self._valid: list[tuple[int, float]] = []
         self._last_label = self._last_plot = -math.inf
         self._draw_cost = 0.01  # a blitted frame; measured at every draw
+        self._losses_drawn = False
         self._full_cost, self._full_draws = 0.03, 0
         self._cpu_stage: float | None = None
         self._cpu_done = 0.0
@@ -361,7 +364,9 @@ class ProgressView(W.VBox):
         self.rows = [*self.rows, tr.rows[-1]]
         self.table.value = html_table(tr.columns(), tr.cells, css="nbtrain-epochs")
         self._update_labels(state, self.clock())
-        if self._can_draw():
+        # The first epoch's end shows the losses whatever the budget says: until then the
+        # plot has only the planned curve, on a loss axis that knows nothing of the losses.
+        if self._can_draw() or not self._losses_drawn:
             self._draw(state.it)
         self._spent(cost)
 
@@ -410,6 +415,7 @@ class ProgressView(W.VBox):
             self.tracker.iter_offset() + it if it is not None and self.tracker.stage >= 0 else 0
         )
         self.plot.value = self._figure.png(self._train, self._valid, cursor)
+        self._losses_drawn = self._losses_drawn or bool(self._train)
         self._last_plot = self.clock()
         cost = self.cpu_clock() - start
         # A smoothed estimate; it never drops below a third of a full draw's cost.
