@@ -178,3 +178,19 @@ def test_a_model_torch_export_cannot_capture_is_written_as_a_state_dict(tmp_path
     assert torch.allclose(probs, expected, atol=1e-6) and labels == expected.argmax(-1).tolist()
     with pytest.raises(ValueError, match="no image transform"):
         model.predict("photo.jpg")
+
+
+def test_onnx_export_computes_what_torch_computes_for_any_batch(trained, tmp_path):
+    onnx = pytest.importorskip("onnx", reason="the [onnx] extra is not installed")
+    ort = pytest.importorskip("onnxruntime", reason="the [onnx] extra is not installed")
+    learn, _ = trained
+    path = learn.export_onnx(tmp_path / "model.onnx")
+    meta = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}["nbtrain"])
+    assert meta["kind"] == "onnx" and meta["classes"] == learn.data.classes
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    files = learn.data.valid_files[:5]
+    x = torch.stack([learn.data.prepare(f) for f in files])
+    logits = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    for file, row in zip(files, logits.softmax(-1), strict=True):
+        _, expected = learn.predict(file)
+        assert torch.allclose(row, expected, atol=1e-5, rtol=0)

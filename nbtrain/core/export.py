@@ -127,3 +127,63 @@ def metadata(learn: Learner, example: torch.Tensor) -> dict[str, Any]:
         "model_class": f"{type(learn.model).__module__}.{type(learn.model).__qualname__}",
         "arch": getattr(learn.model, "arch", None),
     }
+
+
+def export_onnx(
+    learn: Learner, path: str | os.PathLike | None = None, *, check: bool = True
+) -> Path:
+    """The model as ONNX (any batch size), with the export's metadata (classes,
+    transform) in the model's ``metadata_props["nbtrain"]``; checked against torch's
+    output on the same inputs with onnxruntime when it is installed. Needs the ``onnx``
+    and ``onnxscript`` packages (``pip install "nbtrain[onnx]"``)."""
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
+    except ImportError:
+        raise ImportError(
+            'ONNX export needs the onnx and onnxscript packages: pip install "nbtrain[onnx]"'
+        ) from None
+    path = Path(path) if path is not None else learn.path / "export.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(learn.model).to("cpu", torch.float32).eval()
+    model = model.to(memory_format=torch.contiguous_format)
+    example = example_input(learn).contiguous()
+    meta = metadata(learn, example)
+    meta["kind"] = "onnx"
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+            torch.onnx.export(
+                model, (example,), tmp, dynamo=True, dynamic_shapes=({0: batch},), verbose=False
+            )
+        proto = onnx.load(tmp)
+        onnx.helper.set_model_props(proto, {"nbtrain": json.dumps(meta)})
+        onnx.save(proto, tmp)
+        if check:
+            check_onnx(model, tmp, example)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_onnx(model: torch.nn.Module, path: str | os.PathLike, example: torch.Tensor) -> None:
+    """ValueError unless onnxruntime computes what ``model`` computes on ``example`` and
+    on a batch of another size (nothing to check without onnxruntime)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for x in (example, torch.cat([example, example, example[:1]])):
+        got = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        with torch.no_grad():
+            expected = model(x)
+        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4):
+            worst = float((got - expected).abs().max())
+            raise ValueError(f"the ONNX model computes something else (off by {worst:.2e})")

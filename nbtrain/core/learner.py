@@ -957,6 +957,14 @@ class Learner:
 
         return export_learner(self, path)
 
+    def export_onnx(self, path: str | os.PathLike | None = None) -> Path:
+        """The model as ONNX (default ``path/export.onnx``), any batch size, checked
+        against torch's output with onnxruntime when installed; the classes and the eval
+        transform in its metadata. Needs ``pip install "nbtrain[onnx]"``."""
+        from nbtrain.core.export import export_onnx
+
+        return export_onnx(self, path)
+
     # ---- resumable checkpoints ----------------------------------------------------
     @property
     def checkpoints(self) -> CheckpointStore | None:
