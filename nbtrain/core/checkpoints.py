@@ -154,11 +154,24 @@ def payload(
             for snap in learn.snapshots
         ],
         "cache_key": cache.key if learn.uses_cache and cache is not None else None,
-        "source": plain(learn.source),
+        "source": plain(_current(learn.source, data)),
         "built_from": f"a model of class {qualname(learn.model)} and data of class "
         f"{type(data).__name__}",
         "learner_path": str(learn.path.resolve()),
     }
+
+
+def _current(source: dict[str, Any] | None, data: Any) -> dict[str, Any] | None:
+    """``source`` with the data's settings as they are now (a later ``bs`` or
+    ``num_workers`` is what the learner is built again with)."""
+    if not source or "data_settings" not in source:
+        return source
+    settings = {
+        name: getattr(data, name)
+        for name in source["data_settings"]
+        if isinstance(getattr(data, name, None), int | bool)
+    }
+    return {**source, "data_settings": settings}
 
 
 def plain(value: Any) -> Any:
@@ -303,7 +316,7 @@ def rebuild(cls: type[L], payload: dict[str, Any], path: Path) -> L:
         data = ImageData.from_source(source["data"], **source["data_settings"])
     except (OSError, ValueError) as exc:
         raise CheckpointError(
-            f"{path}: cannot read its data again ({str(exc).splitlines()[0]}); "
+            f"{path}: cannot read its data again ({_one_line(exc)}); "
             f"create the data and {then}"
         ) from None
     learn = cls.pretrained(

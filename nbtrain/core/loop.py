@@ -137,6 +137,12 @@ class _Run:
         self.guard = InterruptGuard(on_interrupt=state.request_stop)
         # The weights a divergence goes back to: the fit's start, then each epoch's end.
         self.last_good = self._capture()
+        resumed_mid_epoch = start is not None and (start.batch > 0 or start.validating)
+        self.last_good_label = (
+            "where this fit was resumed"
+            if resumed_mid_epoch
+            else _last_good_label(self.position.epoch)
+        )
         self.start = clock() - self.position.elapsed
         self.epoch_start = clock() - self.position.epoch_seconds
 
@@ -243,7 +249,7 @@ class _Run:
                 state.status = "diverged"
                 state.message = (
                     f"loss became {loss} at iteration {it + 1} (epoch {epoch + 1}); "
-                    f"restored the weights from {_last_good_label(epoch)}; try a lower rate"
+                    f"restored the weights from {self.last_good_label}; try a lower rate"
                 )
                 warnings.warn(state.message, DivergedWarning, stacklevel=user_stacklevel())
                 return None, epoch_loss
@@ -283,6 +289,7 @@ class _Run:
         state.elapsed = self.clock() - self.start
         self.events.emit("epoch_end", state)
         self.last_good = self._capture()
+        self.last_good_label = _last_good_label(epoch + 1)
 
     def end_cycle(self, epoch: int) -> None:
         """The cycle's snapshot: its weights (on the CPU) and validation figures."""
