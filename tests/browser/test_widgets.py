@@ -2,7 +2,8 @@
 
 Each action is checked where it matters, in the kernel: a print cell is re-run and its
 output read. Screenshots of the three widgets are kept too; to refresh the README's copies
-in docs/img/, run ``NBTRAIN_UPDATE_SCREENSHOTS=1 python3 scripts/dev.py test tests/browser``.
+in docs/img/ from a run on real photos, run ``NBTRAIN_UPDATE_SCREENSHOTS=1
+NBTRAIN_SCREENSHOT_DATA=../shared/data/hymenoptera python3 scripts/dev.py test tests/browser``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ IMG = ROOT / ("docs/img" if os.environ.get("NBTRAIN_UPDATE_SCREENSHOTS") == "1"
 # 4 + 8 + 16 epochs of 6 batches: restarts are drawn, and the run is far longer than the
 # test waits before it clicks Stop (after epoch 5)
 FIT = "--lr 1e-3 --cycles 3 --cycle-len 4 --cycle-mult 2"
+# NBTRAIN_SCREENSHOT_DATA=FOLDER (a photo folder, e.g. the hymenoptera set) makes the
+# README's pictures from a real run on photos; the test's checks are the same.
+PHOTOS = os.environ.get("NBTRAIN_SCREENSHOT_DATA", "")
+DATA = (
+    f"data = ImageData.from_folder({PHOTOS!r}, size=64, bs=16, num_workers=0)\n"
+    if PHOTOS
+    else "root = make_shapes_dataset('shapes', size=32, n_per_class=8, n_valid_per_class=4)\n"
+    "data = ImageData.from_folder(root, size=32, bs=4, num_workers=0)\n"
+)
 
 SETUP, LR_FIND, PRINT_LR, CLICK_AT, LAYERS, PRINT_TRAINABLE, FIT_CELL, REPORT = range(8)
 CELLS = [
@@ -42,9 +52,8 @@ CELLS = [
     "from nbtrain import Learner\n"
     "from nbtrain.magics import last_view\n"
     "from nbtrain.vision import ImageData, make_shapes_dataset\n"
-    "root = make_shapes_dataset('shapes', size=32, n_per_class=8, n_valid_per_class=4)\n"
-    "data = ImageData.from_folder(root, size=32, bs=4, num_workers=0)\n"
-    "learn = Learner.pretrained(data, precompute=True)\n"
+    + DATA
+    + "learn = Learner.pretrained(data, precompute=True, head_init='random')\n"
     # the fit's iteration each time a Stop reaches the learner (read once the stop is set)
     "stops = []\n"
     "def record_stop(request_stop=learn.request_stop):\n"
