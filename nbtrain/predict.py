@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,7 +85,9 @@ class Predictor:
         if _is_export_archive(path):
             meta = _check_archive(path)
             extra = {META_FILE: ""}
-            program = torch.export.load(str(path), extra_files=extra)
+            with warnings.catch_warnings():  # torch's note on weights that share storage
+                warnings.filterwarnings("ignore", message="No complete tensor found")
+                program = torch.export.load(str(path), extra_files=extra)
             module = program.module()
         else:
             try:
