@@ -60,6 +60,7 @@ def test_the_export_is_one_file_with_the_graph_classes_and_transform(trained):
     }
     assert meta["arch"] == "tf_efficientnet_lite0" and meta["nbtrain"]
     assert meta["channels_last"] is True  # the layout the learner ran in
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() makes files
     assert not list(path.parent.glob(".export.pt2.*"))  # no temporary file left
 
 
@@ -194,3 +195,11 @@ def test_onnx_export_computes_what_torch_computes_for_any_batch(trained, tmp_pat
     for file, row in zip(files, logits.softmax(-1), strict=True):
         _, expected = learn.predict(file)
         assert torch.allclose(row, expected, atol=1e-5, rtol=0)
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

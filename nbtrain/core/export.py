@@ -27,7 +27,7 @@ import torch
 
 from nbtrain.core.data import Inferable, Labelled
 from nbtrain.core.loop import user_stacklevel
-from nbtrain.core.resume import atomic_save
+from nbtrain.core.resume import FILE_MODE, atomic_save
 
 if TYPE_CHECKING:
     from nbtrain.core.learner import Learner
@@ -79,6 +79,7 @@ def export_learner(learn: Learner, path: str | os.PathLike | None = None) -> Pat
     os.close(fd)
     try:
         torch.export.save(program, tmp, extra_files={META_FILE: json.dumps(meta)})
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -164,6 +165,7 @@ def export_onnx(
         onnx.save(proto, tmp)
         if check:
             check_onnx(model, tmp, example)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

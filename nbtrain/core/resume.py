@@ -220,6 +220,15 @@ class Position:
 
 
 # ------------------------------------------------------------------- the files
+def _file_mode() -> int:
+    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def new_run_id() -> str:
     """A name for one run of ``fit_stages``: its checkpoints are ``<run>-NNNNNNNN.ckpt``."""
     return uuid.uuid4().hex[:12]
@@ -313,6 +322,7 @@ def atomic_save(payload: Any, path: Path) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)  # as open() would have made it (mkstemp makes it private)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
