@@ -266,6 +266,13 @@ class NbtrainMagics(Magics):
         "--seed", default=None, metavar="N", help="seed every RNG first, for a repeatable run"
     )
     @argument(
+        "--patience",
+        default=None,
+        metavar="N",
+        help="train until the validation loss stops improving for N epochs (one-epoch "
+        "cycles; --cycles is then the most epochs), keeping the best epoch's weights",
+    )
+    @argument(
         "--resume",
         nargs="?",
         const="",
@@ -286,7 +293,7 @@ class NbtrainMagics(Magics):
 
         Cell magic: one stage per line, run in order under one progress display whose
         planned LR curve is drawn before the first batch. A stage is key=value tokens
-        (keys: lr, cycles, cycle_len, cycle_mult, size, precompute, seed, freeze_to)
+        (keys: lr, cycles, cycle_len, cycle_mult, size, precompute, seed, freeze_to, patience)
         and the flags freeze / unfreeze; options on the %%fit_cycles line are every
         stage's defaults, except --seed, which seeds the run once, before the first
         stage. Blank lines and # comments are skipped. Every line is checked before the

@@ -464,6 +464,7 @@ class Learner:
         save_snapshots: str | None = None,
         listeners: Sequence[object] = (),
         resume: bool | str | os.PathLike = False,
+        patience: int | None = None,
     ) -> TrainState:
         """Train with SGDR: cosine annealing with warm restarts (arXiv:1608.03983).
 
@@ -481,6 +482,10 @@ class Learner:
             Also write each cycle's snapshot to ``models/{save_snapshots}_cyc_{i}.pth``.
         listeners
             Objects with ``on_<event>`` methods, subscribed for this fit only.
+        patience
+            Train until the validation loss stops improving: stop after ``patience``
+            epochs without a lower one (``cycles`` one-epoch cycles at most) and keep the
+            best epoch's weights; see :class:`~nbtrain.core.stages.Stage`.
         resume
             True (or a checkpoint's path): go on with the last unfinished run instead,
             where its checkpoint left it (the other arguments are not used); see
@@ -498,6 +503,7 @@ class Learner:
                     ("cycle_len", cycle_len, 1),
                     ("cycle_mult", cycle_mult, 1),
                     ("seed", seed, None),
+                    ("patience", patience, None),
                 )
                 if value != default
             ]
@@ -514,7 +520,7 @@ class Learner:
             return states[-1]
         if lr is None:
             raise ValueError("fit_cycles needs a rate: lr=... (see lr_find)")
-        stage = Stage(lr, cycles, cycle_len, cycle_mult, seed=seed)
+        stage = Stage(lr, cycles, cycle_len, cycle_mult, seed=seed, patience=patience)
         states = self.fit_stages([stage], save_snapshots=save_snapshots, listeners=listeners)
         return states[0]
 
@@ -601,6 +607,7 @@ class Learner:
                         save_snapshots=save_snapshots,
                         start=start,
                         on_checkpoint=checkpoint,
+                        patience=stage.patience,
                     )
                 )
                 if state.status != "done":
@@ -636,6 +643,7 @@ class Learner:
         save_snapshots: str | None,
         start: Position | None = None,
         on_checkpoint: Any = None,
+        patience: int | None = None,
     ) -> TrainState:
         self._seed(seed)
         if 0 <= state.fit < len(self.fits):  # a resumed stage takes its interrupted one's place
@@ -679,6 +687,7 @@ class Learner:
                 on_snapshot=keep,
                 on_checkpoint=on_checkpoint,
                 start=start,
+                patience=patience,
             )
             if self._writer.error and state.status == "stopped":
                 state.message = f"{self._writer.error}; {state.message}"

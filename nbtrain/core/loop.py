@@ -52,6 +52,7 @@ def fit(
     on_snapshot: Callable[[Snapshot], None] | None = None,
     on_checkpoint: Callable[[TrainState, Position], None] | None = None,
     start: Position | None = None,
+    patience: int | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> TrainState:
     """Train ``stepper.model`` on ``train`` following ``schedule``; validate each epoch.
@@ -79,15 +80,21 @@ def fit(
     start
         A :class:`Position` written by an earlier, unfinished run of this schedule:
         the fit goes on from there (``state.history`` should hold the epochs before).
+    patience
+        End the fit (``done``) after this many epochs without a lower validation loss,
+        and put the best epoch's weights back, also when the schedule runs out first.
     """
     events = events or Events()
     state = state or TrainState(schedule=schedule)
     state.schedule = schedule
     run = _Run(stepper, train, valid, events, state, on_snapshot, on_checkpoint, start, clock)
+    run.patience = patience
     events.emit("fit_start", state)
     try:
         with run.guard:
             run.epochs()
+        if run.patience is not None and state.status == "done":
+            run.keep_best()
     except KeyboardInterrupt:
         _drop_grads(stepper)
         state.status = "interrupted"
@@ -137,6 +144,8 @@ class _Run:
         self.guard = InterruptGuard(on_interrupt=state.request_stop)
         # The weights a divergence goes back to: the fit's start, then each epoch's end.
         self.last_good = self._capture()
+        self.patience: int | None = None
+        self.best: dict[str, Any] | None = None  # the best epoch's weights (with patience)
         resumed_mid_epoch = start is not None and (start.batch > 0 or start.validating)
         self.last_good_label = (
             "where this fit was resumed"
@@ -191,12 +200,51 @@ class _Run:
             position.epoch, position.batch, position.epoch_loss = epoch + 1, 0, 0.0
             position.validating, position.epoch_seconds = False, 0.0
             position.rng_epoch = RNGStates.capture(self.generator)
-            if epoch + 1 < schedule.epochs:
+            stalled = self.patience is not None and self._stalled()
+            if epoch + 1 < schedule.epochs and not stalled:
                 self.checkpoint()  # the last one is written as the fit ends
             if state.stop_requested:
                 _stop(state, self.guard)
                 return
+            if stalled:
+                break
         state.status = "done"
+
+    def _best_epoch(self) -> int | None:
+        """Index in ``state.history`` of the lowest validation loss (the first of equals)."""
+        losses = [
+            (r.valid_loss, i) for i, r in enumerate(self.state.history) if r.valid_loss is not None
+        ]
+        return min(losses)[1] if losses else None
+
+    def _stalled(self) -> bool:
+        """With patience: no lower validation loss in the last ``patience`` epochs."""
+        best = self._best_epoch()
+        return best is not None and len(self.state.history) - 1 - best >= (self.patience or 0)
+
+    def keep_best(self) -> None:
+        """The best epoch's weights back, and a line saying what happened."""
+        state, best = self.state, self._best_epoch()
+        if best is None:
+            return
+        record = state.history[best]
+        epochs = len(state.history)
+        why = (
+            f"no lower validation loss in {epochs - 1 - best} epochs"
+            if epochs < self.schedule.epochs
+            else f"the {epochs} planned epochs ran"
+        )
+        if best == epochs - 1:
+            kept = "the last epoch's weights are the best"
+        elif self.best is not None and self.best["epoch"] == record.epoch:
+            weights = {k: v.to(self.stepper.device) for k, v in self.best["weights"].items()}
+            self.stepper.model.load_state_dict(weights)
+            kept = f"the weights of epoch {record.epoch + 1} (the best) are back"
+        else:  # its weights were before a resume: not kept across it
+            kept = (
+                f"epoch {record.epoch + 1} was best, but its weights were not kept across a resume"
+            )
+        state.message = f"trained to convergence in {epochs} epochs ({why}); {kept}"
 
     def _epoch_batches(self) -> Iterator[Any]:
         """The epoch's batches, from where the position says.
@@ -287,6 +335,9 @@ class _Run:
             )
         )
         state.elapsed = self.clock() - self.start
+        if self.patience is not None and self._best_epoch() == len(state.history) - 1:
+            weights = clone_state_dict(self.stepper.model, device="cpu")
+            self.best = {"epoch": epoch, "weights": weights}
         self.events.emit("epoch_end", state)
         self.last_good = self._capture()
         self.last_good_label = _last_good_label(epoch + 1)

@@ -64,6 +64,12 @@ class Stage:
     freeze_to
         Freeze the groups before this index first (0 unfreezes, -1 trains the head
         only); None keeps the freeze state.
+    patience
+        Train until the validation loss stops improving: end the stage after
+        ``patience`` epochs without a lower one, and put the best epoch's weights back
+        (also when ``cycles`` runs out first). Needs one-epoch cycles (``cycles`` is then
+        the most epochs) and validation data. Meant for a head on cached activations,
+        where an epoch costs milliseconds.
 
     Values are checked on construction (whole numbers, cycles >= 1, ...); what
     depends on a learner (the number of layer groups, image data) is checked by
@@ -78,16 +84,24 @@ class Stage:
     precompute: bool | None = None
     seed: int | None = None
     freeze_to: int | None = None
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr", _plain_lr(self.lr))
-        for name in ("cycles", "cycle_len", "cycle_mult", "size", "seed", "freeze_to"):
+        for name in (
+            "cycles", "cycle_len", "cycle_mult", "size", "seed", "freeze_to", "patience"
+        ):  # fmt: skip
             value = getattr(self, name)
             if value is not None:
                 minimum = None if name in ("seed", "freeze_to") else 1
                 object.__setattr__(self, name, whole_number(name, value, minimum=minimum))
         if self.precompute is not None and not isinstance(self.precompute, bool):
             raise ValueError(f"precompute must be True or False, got {self.precompute!r}")
+        if self.patience is not None and (self.cycle_len, self.cycle_mult) != (1, 1):
+            raise ValueError(
+                "patience works with one-epoch cycles (cycle_len=1, cycle_mult=1); "
+                "cycles is then the most epochs"
+            )
 
     def schedule(self, learn: Learner) -> SGDRSchedule:
         """The SGDR schedule this stage follows on ``learn``; ValueError (one line) when
@@ -120,6 +134,8 @@ class Stage:
             )
         if self.precompute and (reason := learn.precompute_unsupported()):
             raise ValueError(f"precompute is not possible here: {reason}")
+        if self.patience is not None and learn.data.valid is None:
+            raise ValueError("patience needs validation data, to see the loss stop improving")
 
     def trainable_after(self, trainable: Sequence[bool]) -> list[bool]:
         """Which groups train in this stage, given which trained before it."""

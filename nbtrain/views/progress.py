@@ -379,6 +379,8 @@ class ProgressView(W.VBox):
         if state.status != "done":
             self.message = state.message or state.status
             self.status_html.value = f"<b>{state.status}</b>: {escape(state.message)}"
+        elif state.message:  # done, and how (e.g. trained to convergence)
+            self.status_html.value = f"<b>done</b>: {escape(state.message)}"
         if self._can_draw():
             self._draw(state.it)
         else:

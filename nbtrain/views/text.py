@@ -154,7 +154,7 @@ class TextProgress:
     def on_fit_end(self, state: TrainState) -> None:
         self.tracker.end_stage(state)
         self.block.status = ""
-        if state.status not in ("done", "running") and state.message:
+        if state.status != "running" and state.message:  # done: how (e.g. converged)
             self.block.add(f"{state.status}: {state.message}")
 
     def _progress(self, state: TrainState) -> str:
