@@ -266,6 +266,13 @@ class NbtrainMagics(Magics):
         "--seed", default=None, metavar="N", help="seed every RNG first, for a repeatable run"
     )
     @argument(
+        "--opt",
+        default=None,
+        metavar="NAME",
+        help="train with this optimizer from now on: sgd (momentum 0.9, the default) or "
+        "adamw (its rates are ~10x lower: run %%lr_find again)",
+    )
+    @argument(
         "--patience",
         default=None,
         metavar="N",
@@ -293,7 +300,8 @@ class NbtrainMagics(Magics):
 
         Cell magic: one stage per line, run in order under one progress display whose
         planned LR curve is drawn before the first batch. A stage is key=value tokens
-        (keys: lr, cycles, cycle_len, cycle_mult, size, precompute, seed, freeze_to, patience)
+        (keys: lr, cycles, cycle_len, cycle_mult, size, precompute, seed, freeze_to,
+        patience, opt)
         and the flags freeze / unfreeze; options on the %%fit_cycles line are every
         stage's defaults, except --seed, which seeds the run once, before the first
         stage. Blank lines and # comments are skipped. Every line is checked before the
@@ -401,7 +409,10 @@ class NbtrainMagics(Magics):
                 f"{where}: no rate given and no variable lr; pass lr=... (--lr), "
                 "or run %lr_find first"
             )
-        values = {key: self._ev(expr, f"{where}: {key}") for key, expr in raw.items()}
+        values: dict[str, Any] = {
+            key: expr.strip("'\"") if key == "opt" else self._ev(expr, f"{where}: {key}")
+            for key, expr in raw.items()
+        }  # an optimizer is named (opt=adamw), not an expression
         if "lr" not in values:
             values["lr"] = self.ns["lr"]
         try:

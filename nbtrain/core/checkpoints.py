@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from nbtrain.core import groups as G
 from nbtrain.core.data import Labelled, Reseedable
 from nbtrain.core.loop import user_stacklevel
+from nbtrain.core.optimizers import OPTIMIZERS
 from nbtrain.core.resume import (
     FORMAT,
     VERSION,
@@ -136,6 +137,7 @@ def payload(
         "histories": histories[: index + 1],
         "model": learn.model.state_dict(),
         "optimizer": learn.opt.state_dict(),
+        "opt": learn.opt_name,
         "scaler": learn.scaler.state_dict() if learn.scaler is not None else None,
         "trainable": learn.trainable,
         "bn_frozen": learn.bn_frozen,
@@ -275,6 +277,8 @@ def restore_state(learn: Learner, p: dict[str, Any]) -> None:
     for group, flag in zip(learn.groups, p["trainable"], strict=True):
         G.set_trainable(group, bool(flag))
     learn.bn_frozen = bool(p["bn_frozen"])
+    if p.get("opt") in OPTIMIZERS:  # the optimizer the run was using (a stage may switch)
+        learn.set_optimizer(p["opt"])
     learn.opt.load_state_dict(p["optimizer"])
     if learn.scaler is not None and p["scaler"] is not None:
         learn.scaler.load_state_dict(p["scaler"])

@@ -39,6 +39,7 @@ from nbtrain.core.events import Events
 from nbtrain.core.features import BodyHead, FeatureCache, Features
 from nbtrain.core.loop import fit, user_stacklevel
 from nbtrain.core.lr_range import LRRangeResult, run_lr_range
+from nbtrain.core.optimizers import OPTIMIZERS, resolve_optimizer, sgd_momentum
 from nbtrain.core.resume import (
     CheckpointError,
     CheckpointStore,
@@ -87,11 +88,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def sgd_momentum(params: list[dict], *, wd: float = 0.0) -> torch.optim.Optimizer:
-    """The default optimizer: SGD with momentum 0.9, as in fastai 0.7's course."""
-    return torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=wd)
-
-
 _L = TypeVar("_L", bound="Learner")
 
 
@@ -131,7 +127,8 @@ class Learner:
     metrics
         Functions ``metric(logits, targets) -> tensor`` averaged over the validation set.
     opt_func
-        ``opt_func(param_groups, wd=wd) -> Optimizer``; default SGD with momentum 0.9.
+        ``opt_func(param_groups, wd=wd) -> Optimizer``, or a name from ``OPTIMIZERS``
+        (``"sgd"``, ``"adamw"``); default SGD with momentum 0.9.
     device
         Default: CUDA if available, else Apple's MPS, else the CPU (see
         :func:`default_device`).
@@ -161,7 +158,7 @@ class Learner:
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         metrics: Sequence[Metric] = (accuracy,),
         *,
-        opt_func: Callable[..., torch.optim.Optimizer] = sgd_momentum,
+        opt_func: Callable[..., torch.optim.Optimizer] | str = sgd_momentum,
         wd: float = 0.0,
         device: str | torch.device | None = None,
         mixed_precision: bool | None = None,
@@ -186,7 +183,9 @@ class Learner:
         self.bn_frozen = False
         self.dtype = amp_dtype(self.device, mixed_precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
-        self.opt = opt_func(G.param_groups(self.groups, [1e-3] * len(self.groups)), wd=wd)
+        self.wd = wd
+        self.opt_func = resolve_optimizer(opt_func)
+        self.opt = self.opt_func(G.param_groups(self.groups, [1e-3] * len(self.groups)), wd=wd)
         self.events = Events()
         self.fits: list[TrainState] = []
         self.snapshots: list[Snapshot] = []
@@ -259,6 +258,24 @@ class Learner:
             seed=seed,
             **kwargs,
         )
+
+    # ---- the optimizer --------------------------------------------------------------
+    @property
+    def opt_name(self) -> str:
+        """The optimizer's name in ``OPTIMIZERS`` (else its function's name)."""
+        for name, func in OPTIMIZERS.items():
+            if func is self.opt_func:
+                return name
+        return getattr(self.opt_func, "__name__", type(self.opt).__name__)
+
+    def set_optimizer(self, opt_func: Callable[..., torch.optim.Optimizer] | str) -> None:
+        """Train with another optimizer from now on (a name from ``OPTIMIZERS``, or a
+        function as for :class:`Learner`); the old one's state (momentum) is dropped."""
+        func = resolve_optimizer(opt_func)
+        if func is self.opt_func:
+            return
+        self.opt_func = func
+        self.opt = func(G.param_groups(self.groups, [1e-3] * len(self.groups)), wd=self.wd)
 
     # ---- layer groups -------------------------------------------------------------
     @property
@@ -628,6 +645,8 @@ class Learner:
 
     def _apply(self, stage: Stage) -> None:
         """What a stage changes before it trains."""
+        if stage.opt is not None:
+            self.set_optimizer(stage.opt)
         if stage.freeze_to is not None:
             self.freeze_to(stage.freeze_to)
         if stage.size is not None:

@@ -19,6 +19,7 @@ from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from nbtrain.core.checks import whole_number
+from nbtrain.core.optimizers import OPTIMIZERS
 from nbtrain.core.schedules import SGDRSchedule, resolve_lrs
 
 if TYPE_CHECKING:
@@ -70,6 +71,9 @@ class Stage:
         (also when ``cycles`` runs out first). Needs one-epoch cycles (``cycles`` is then
         the most epochs) and validation data. Meant for a head on cached activations,
         where an epoch costs milliseconds.
+    opt
+        Train with this optimizer from this stage on (``"sgd"``: SGD with momentum 0.9,
+        the course's; ``"adamw"``); its state starts afresh. None keeps the learner's.
 
     Values are checked on construction (whole numbers, cycles >= 1, ...); what
     depends on a learner (the number of layer groups, image data) is checked by
@@ -85,6 +89,7 @@ class Stage:
     seed: int | None = None
     freeze_to: int | None = None
     patience: int | None = None
+    opt: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr", _plain_lr(self.lr))
@@ -97,6 +102,8 @@ class Stage:
                 object.__setattr__(self, name, whole_number(name, value, minimum=minimum))
         if self.precompute is not None and not isinstance(self.precompute, bool):
             raise ValueError(f"precompute must be True or False, got {self.precompute!r}")
+        if self.opt is not None and self.opt not in OPTIMIZERS:
+            raise ValueError(f"opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}")
         if self.patience is not None and (self.cycle_len, self.cycle_mult) != (1, 1):
             raise ValueError(
                 "patience works with one-epoch cycles (cycle_len=1, cycle_mult=1); "

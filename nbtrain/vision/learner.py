@@ -104,6 +104,11 @@ def pretrained_learner(
 PLAIN_OPTIONS = ("wd", "mixed_precision", "train_bn", "channels_last")
 
 
+def _plain_option(name: str, value: Any) -> bool:
+    """Whether a Learner option can be written down (an optimizer by name can)."""
+    return name in PLAIN_OPTIONS or (name == "opt_func" and isinstance(value, str))
+
+
 def _source(
     data: Any,
     arch: str | nn.Module,
@@ -131,6 +136,8 @@ def _source(
             for name in ("size", "bs", "num_workers", "augment")
             if isinstance(getattr(data, name, None), int | bool)
         },
-        "options": {k: v for k, v in options.items() if k in PLAIN_OPTIONS and k != "device"},
-        "not_plain": sorted(k for k in options if k not in (*PLAIN_OPTIONS, "device", "path")),
+        "options": {k: v for k, v in options.items() if _plain_option(k, v)},
+        "not_plain": sorted(
+            k for k, v in options.items() if k not in ("device", "path") and not _plain_option(k, v)
+        ),
     }
