@@ -103,6 +103,10 @@ class FeatureCache:
     _valid: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     _told_write: bool = field(default=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.directory is not None:  # a str works as well as a Path
+            self.directory = Path(self.directory).expanduser()
+
     def key(self, body: nn.Module, parts: dict[str, str]) -> str:
         h = hashlib.sha256(weights_digest(body).encode())
         for name in sorted(parts):

@@ -247,3 +247,11 @@ def test_a_full_disk_under_the_cache_is_one_line_and_training_goes_on(tmp_path, 
         assert learn.fit_cycles(0.1, cycles=2).status == "done"
     assert len(w) == 1
     assert not list((tmp_path / "cache").glob("*"))  # no partial file
+
+
+def test_a_cache_folder_given_as_a_string(tmp_path):
+    learn = make_learner(tmp_path)
+    learn.feature_cache = FeatureCache(str(tmp_path / "as-text"))
+    learn.precompute = True
+    assert learn.features().source == "computed"
+    assert list((tmp_path / "as-text").glob("*.pt"))
