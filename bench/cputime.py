@@ -101,7 +101,10 @@ class Clock:
         user, system = own_times()
         live_user, live_system = live_child_times()
         user, system = user + live_user - self.user, system + live_system - self.system
-        return Timing(wall, system / max(user + system, 1e-9))
+        if user < 0 or system < 0 or user + system <= 0:
+            # a live child (a loader worker) ended in the span and took its times along
+            return Timing(wall, math.nan)
+        return Timing(wall, system / (user + system))
 
 
 @contextmanager
@@ -131,7 +134,7 @@ def median(timings: Iterable[Timing]) -> Timing:
 
 def kernel(t: Timing) -> str:
     """``"kernel 1.2%"``"""
-    return f"kernel {t.kernel_share:.1%}"
+    return f"kernel {t.kernel_share:.1%}" if math.isfinite(t.kernel_share) else "kernel n/a"
 
 
 def fmt(t: Timing, spec: str = ".2f", unit: str = "s") -> str:
