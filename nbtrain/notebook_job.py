@@ -84,29 +84,32 @@ def save_learners(namespace: dict[str, Any], folder: str | os.PathLike) -> dict[
     ``_`` (IPython's output history) are skipped; a learner held under several names is
     saved once, under the first. Returns ``{name: path}``.
     """
-    from nbtrain.core.learner import Learner
-
-    saved: dict[str, str] = {}
-    seen: set[int] = set()
-    for name, value in list(namespace.items()):
-        if isinstance(value, Learner) and not name.startswith("_") and id(value) not in seen:
-            seen.add(id(value))
-            saved[name] = str(value.save(Path(folder) / f"{name}.pth"))
-    return saved
+    return {
+        name: str(learn.save(Path(folder) / f"{name}.pth")) for name, learn in _learners(namespace)
+    }
 
 
 def export_learners(namespace: dict[str, Any], folder: str | os.PathLike) -> dict[str, str]:
     """Export every nbtrain Learner in ``namespace`` as ``folder/NAME.pt2`` (see
     :meth:`nbtrain.Learner.export`); runs in the kernel. Returns ``{name: path}``."""
+    return {
+        name: str(learn.export(Path(folder) / f"{name}.pt2"))
+        for name, learn in _learners(namespace)
+    }
+
+
+def _learners(namespace: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Every nbtrain Learner in ``namespace``, once each, under its first name; names
+    starting with ``_`` (IPython's output history) are skipped."""
     from nbtrain.core.learner import Learner
 
-    exported: dict[str, str] = {}
+    found: list[tuple[str, Any]] = []
     seen: set[int] = set()
     for name, value in list(namespace.items()):
         if isinstance(value, Learner) and not name.startswith("_") and id(value) not in seen:
             seen.add(id(value))
-            exported[name] = str(value.export(Path(folder) / f"{name}.pt2"))
-    return exported
+            found.append((name, value))
+    return found
 
 
 def _export_source(folder: Path) -> str:
@@ -504,11 +507,7 @@ class NotebookJob:
                 f"interrupted ({o.detail}; {spent})"
             )
         if o.status == "interrupted":
-            name = (
-                "Ctrl-C"
-                if o.signum in (None, signal.SIGINT)
-                else signal.Signals(o.signum).name
-            )
+            name = "Ctrl-C" if o.signum in (None, signal.SIGINT) else signal.Signals(o.signum).name
             if not o.detail:  # between two cells
                 return f"interrupted by {name} after {cell} ({spent})"
             return f"interrupted by {name}: {cell} stopped ({o.detail}; {spent})"

@@ -15,11 +15,13 @@ nothing behind, or the previous file whole.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,16 +77,24 @@ def export_learner(learn: Learner, path: str | os.PathLike | None = None) -> Pat
         return path
     meta["kind"] = "torch.export"
     # torch.export.save wants a name ending in .pt2; the leading dot keeps it out of sight
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.pt2", dir=path.parent)
+    with _replacing(path, ".part.pt2") as tmp:
+        torch.export.save(program, tmp, extra_files={META_FILE: json.dumps(meta)})
+    return path
+
+
+@contextlib.contextmanager
+def _replacing(path: Path, suffix: str) -> Iterator[str]:
+    """A temporary file beside ``path`` to write (torch wants its ``suffix``), renamed over
+    ``path`` once the block ends well, removed otherwise: never half a file at ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        torch.export.save(program, tmp, extra_files={META_FILE: json.dumps(meta)})
-        os.chmod(tmp, FILE_MODE)
+        yield tmp
+        os.chmod(tmp, FILE_MODE)  # as open() would have made it (mkstemp makes it private)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def capture(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
@@ -152,9 +162,7 @@ def export_onnx(
     meta = metadata(learn, example)
     meta["kind"] = "onnx"
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part.onnx", dir=path.parent)
-    os.close(fd)
-    try:
+    with _replacing(path, ".part.onnx") as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on its own internals
             torch.onnx.export(
@@ -165,11 +173,6 @@ def export_onnx(
         onnx.save(proto, tmp)
         if check:
             check_onnx(model, tmp, example)
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
