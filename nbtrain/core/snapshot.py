@@ -8,13 +8,13 @@ runs on KeyboardInterrupt.
 from __future__ import annotations
 
 import copy
-import random
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from nbtrain.core.resume import RNGStates
 
 
 def clone_state_dict(module: nn.Module, *, device: str | torch.device | None = None) -> dict:
@@ -38,33 +38,6 @@ def _clone_tree(obj: Any) -> Any:
 
 
 @dataclass
-class RNGState:
-    torch_cpu: torch.Tensor
-    torch_cuda: list[torch.Tensor] | None
-    python: Any
-    numpy: Any
-
-    @classmethod
-    def capture(cls) -> RNGState:
-        np = sys.modules.get("numpy")
-        return cls(
-            torch_cpu=torch.get_rng_state(),
-            torch_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-            python=random.getstate(),
-            numpy=np.random.get_state() if np is not None else None,
-        )
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.torch_cpu)
-        if self.torch_cuda is not None:
-            torch.cuda.set_rng_state_all(self.torch_cuda)
-        random.setstate(self.python)
-        np = sys.modules.get("numpy")
-        if np is not None and self.numpy is not None:
-            np.random.set_state(self.numpy)
-
-
-@dataclass
 class TrainingSnapshot:
     """Everything a few training steps change, held in memory.
 
@@ -79,7 +52,7 @@ class TrainingSnapshot:
     grads: list[torch.Tensor | None]
     optimizer_state: dict | None
     scaler_state: dict | None
-    rng: RNGState
+    rng: RNGStates | None
 
     @classmethod
     def capture(
@@ -98,7 +71,7 @@ class TrainingSnapshot:
             grads=[None if p.grad is None else p.grad.detach().clone() for p in params],
             optimizer_state=_clone_tree(optimizer.state_dict()) if optimizer else None,
             scaler_state=_clone_tree(scaler.state_dict()) if scaler is not None else None,
-            rng=RNGState.capture() if rng else RNGState(torch.empty(0), None, None, None),
+            rng=RNGStates.capture() if rng else None,
         )
 
     def restore(
@@ -121,7 +94,7 @@ class TrainingSnapshot:
             optimizer.load_state_dict(_clone_tree(self.optimizer_state))
         if scaler is not None and self.scaler_state is not None:
             scaler.load_state_dict(_clone_tree(self.scaler_state))
-        if rng and self.rng.python is not None:
+        if rng and self.rng is not None:
             self.rng.restore()
 
 
