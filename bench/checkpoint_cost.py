@@ -28,7 +28,7 @@ import torch
 
 from checklist import resolve_data
 from cputime import timed
-from notebook_path import KERNEL_AFTER, KERNEL_BEFORE, Kernel
+from notebook_path import KERNEL_HELPERS, Kernel
 
 REPO = Path(__file__).resolve().parent.parent
 HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera"
@@ -48,7 +48,7 @@ print("CKPT=" + json.dumps({"writes": learn.checkpoint_writes,
 
 def kernel_fit(kernel: Kernel, stage: str) -> dict[str, float]:
     kernel.run(f"{STAGE[stage]}\nlr = {LR[stage]}")
-    result = kernel.epoch_of("%fit_cycles learn --lr lr --cycles 2")
+    result = kernel.epoch("%fit_cycles learn --lr lr --cycles 2")
     text = kernel.run(REPORT)
     line = next(x for x in text.splitlines() if x.startswith("CKPT="))
     return {**result, **json.loads(line.removeprefix("CKPT="))}
@@ -69,18 +69,6 @@ def api_fit(folder: str, stage: str) -> dict[str, float]:
         "seconds": learn.checkpoint_seconds,
         "epochs": 2,
     }
-
-
-class FitKernel(Kernel):
-    def epoch_of(self, cell: str) -> dict[str, float]:
-        self.run(KERNEL_BEFORE)
-        self.run(cell)
-        text = self.run(KERNEL_AFTER)
-        line = next(x for x in text.splitlines() if x.startswith("RESULT="))
-        result = json.loads(line.removeprefix("RESULT="))
-        if result.pop("status") != "done":
-            raise RuntimeError("the kernel's fit did not finish")
-        return result
 
 
 def line(label: str, r: dict[str, float]) -> str:
@@ -106,9 +94,8 @@ def main() -> None:
     )
     kernels = {}
     for on in (True, False):
-        kernel = FitKernel({})
-        kernel.run("%load_ext nbtrain\nimport json, resource, time\nimport psutil")
-        kernel.run(KERNEL_SETUP_HELPERS)
+        kernel = Kernel({})
+        kernel.run(KERNEL_HELPERS)
         kernel.run(SETUP.format(folder=folder, checkpoints="None" if on else "False"))
         kernels[on] = kernel
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -134,24 +121,6 @@ def main() -> None:
         on = statistics.median(r["wall"] for r in results[(stage, "kernel, checkpoints on")])
         off = statistics.median(r["wall"] for r in results[(stage, "kernel, checkpoints off")])
         print(f"{stage}: kernel fit with / without checkpoints: {on / off:.3f}")
-
-
-KERNEL_SETUP_HELPERS = """
-from nbtrain import Learner
-from nbtrain.vision import ImageData
-
-def _cpu_times():
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-    user, system = own.ru_utime + reaped.ru_utime, own.ru_stime + reaped.ru_stime
-    for child in psutil.Process().children(recursive=True):
-        try:
-            t = child.cpu_times()
-        except psutil.Error:
-            continue
-        user, system = user + t.user, system + t.system
-    return user, system
-"""
 
 
 if __name__ == "__main__":

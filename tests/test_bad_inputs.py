@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from torch import nn
 from torch.utils.data import DataLoader
@@ -19,14 +18,6 @@ from nbtrain.views import frontend
 from nbtrain.vision import ImageData
 from tests.core.conftest import make_mlp, model_state, xor_data
 from tests.vision.conftest import write_image
-
-
-@pytest.fixture(scope="module")
-def ip():
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "nbtrain")
-    yield shell
-    shell.run_line_magic("unload_ext", "nbtrain")
 
 
 @pytest.fixture

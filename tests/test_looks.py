@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from nbtrain import Learner
@@ -33,11 +32,9 @@ def learn(data, tmp_path_factory):
     return learner
 
 
-@pytest.fixture(scope="module")
-def ip():
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "nbtrain")
-    yield shell
+@pytest.fixture(autouse=True)
+def _front_end_back():
+    yield
     frontend.set_mode(None)
 
 

@@ -11,7 +11,6 @@ import time
 import pytest
 import torch
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from torch import nn
 from torch.utils.data import DataLoader
@@ -54,14 +53,6 @@ def body_head_learner(tmp_path, data=None) -> Learner:
     learn.feature_cache = FeatureCache(tmp_path / "cache")
     learn.freeze()
     return learn
-
-
-@pytest.fixture(scope="module")
-def ip():
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "nbtrain")
-    yield shell
-    shell.run_line_magic("unload_ext", "nbtrain")
 
 
 @pytest.fixture(autouse=True)

@@ -126,3 +126,14 @@ class StepRecorder:
     def __call__(self, *args, **kwargs):
         self.lrs.append(tuple(g["lr"] for g in self.opt.param_groups))
         return self._step(*args, **kwargs)
+
+
+def full_disk(payload, f) -> None:
+    """``torch.save`` as it fails on a full disk: its zip writer raises a RuntimeError
+    while handling the OSError (ENOSPC). Patch it in to test what a full disk does."""
+    import errno
+
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None

@@ -9,7 +9,7 @@ from nbtrain.core import Learner
 from nbtrain.core.features import BodyHead, CacheWarning, FeatureCache
 from nbtrain.core.learner import PrecomputeWarning
 
-from .conftest import TensorData, model_state, xor_data
+from .conftest import TensorData, full_disk, model_state, xor_data
 
 
 class CountingBody(nn.Module):
@@ -229,15 +229,7 @@ class Evil:
 
 
 def test_a_full_disk_under_the_cache_is_one_line_and_training_goes_on(tmp_path, monkeypatch):
-    import errno
-
     import nbtrain.core.features as features
-
-    def full_disk(payload, f):
-        try:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
 
     learn = make_learner(tmp_path)
     learn.precompute = True

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from nbtrain.core import DataLoaders, Learner, Stage
 from nbtrain.core.resume import CheckpointError, CheckpointStore, read_checkpoint
-from tests.core.conftest import make_mlp, xor_data
+from tests.core.conftest import full_disk, make_mlp, xor_data
 
 # 8 batches an epoch; stage 1: 2 one-epoch cycles (iterations 0-15), stage 2: cycles of
 # 1 and 2 epochs (16-39), with differential rates.
@@ -336,15 +336,7 @@ def test_a_pipeline_drawing_from_python_and_numpy_resumes_bit_for_bit(tmp_path, 
 def test_a_full_disk_stops_the_fit_cleanly_in_one_line(tmp_path, monkeypatch):
     # torch.save to a full disk fails in its zip writer: a RuntimeError raised while
     # handling the OSError (ENOSPC); bench/faults.py does it on a real, full tmpfs.
-    import errno
-
     import nbtrain.core.resume as resume
-
-    def full_disk(payload, f):
-        try:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
 
     learn = new_learner(tmp_path)
     monkeypatch.setattr(resume.torch, "save", full_disk)
