@@ -29,13 +29,17 @@ class EpochPrinter:
     def on_fit_start(self, state: TrainState) -> None:
         s = state.schedule
         where = f"stage {state.stage + 1}/{len(state.plan)}" if state.plan else "fit"
+        patience = state.plan.stages[state.stage].patience if state.plan else None
         cycles = " + ".join(str(e) for e in s.epochs_per_cycle)
         rates = ", ".join(f"{lr:.2e}" for lr in s.lrs)
-        print(
-            f"[{where}] SGDR: {s.cycles} cycle(s) of {cycles} epoch(s) = {s.epochs} "
-            f"epochs, {s.total_iters} iterations; max rate per group: {rates}",
-            flush=True,
+        length = (
+            f"up to {s.cycles} one-epoch cycle(s), until the validation loss has not fallen "
+            f"for {patience} epochs"
+            if patience is not None
+            else f"{s.cycles} cycle(s) of {cycles} epoch(s) = {s.epochs} epochs, "
+            f"{s.total_iters} iterations"
         )
+        print(f"[{where}] SGDR: {length}; max rate per group: {rates}", flush=True)
 
     def on_epoch_end(self, state: TrainState) -> None:
         r = state.history[-1]

@@ -8,7 +8,8 @@ notebook's ``%%fit_cycles`` cells say the same stages (a test holds them to it);
 :meth:`Checklist.run` or its steps.
 
 1. augmentation on, ``precompute=True``;  2. ``lr_find``;
-3. the head on cached activations (:meth:`head_stages`, first stage);
+3. the head on cached activations until its validation loss stops falling
+   (:meth:`head_stages`, first stage);
 4. augmentation with precompute off, ``cycle_len=1`` (second stage);
 5. unfreeze;  6. earlier groups ``factor`` x lower per group;
 7. ``lr_find`` again (:meth:`unfrozen_sweep`, :meth:`unfrozen_rates`);
@@ -42,7 +43,14 @@ class Checklist:
     Parameters
     ----------
     head_cycles
-        Step 3: one-epoch SGDR cycles of the head on cached activations.
+        Step 3: one-epoch SGDR cycles of the head on cached activations; with
+        ``head_patience``, the most it may take.
+    head_patience
+        Step 3 ends after this many epochs without a lower validation loss, the best
+        epoch's weights kept (``Stage.patience``); None: all ``head_cycles``. An epoch on
+        cached activations costs milliseconds, so the head trains to convergence: two
+        fixed epochs were the 2018 course's budget for a GPU epoch over images, and left a
+        head on five cat breeds at 64% where it converges at 71%.
     aug_cycles
         Step 4: one-epoch cycles of the head on augmented images (precompute off).
     lr_find_epochs
@@ -58,7 +66,8 @@ class Checklist:
         Seeds the range tests and the first stage (then the run goes on from there).
     """
 
-    head_cycles: int = 2
+    head_cycles: int = 50
+    head_patience: int | None = 3
     aug_cycles: int = 2
     lr_find_epochs: float = 2.0
     unfreeze_cycles: int = 3
@@ -69,7 +78,13 @@ class Checklist:
     def head_stages(self, lr: float) -> list[Stage]:
         """Steps 3 and 4 at the head's rate ``lr`` (from the first range test)."""
         return [
-            Stage(lr, cycles=self.head_cycles, precompute=True, seed=self.seed),
+            Stage(
+                lr,
+                cycles=self.head_cycles,
+                patience=self.head_patience,
+                precompute=True,
+                seed=self.seed,
+            ),
             Stage(lr, cycles=self.aug_cycles, cycle_len=1, precompute=False),
         ]
 

@@ -109,7 +109,7 @@ def test_checklist_has_all_eight_steps_in_order(nb_tools):
         first(r"ImageData\.from_(folder|path)\(.*augment=True"),  # 1
         first(r"^learn = Learner\.pretrained\(.*precompute=True"),  # 1
         first(r"^%lr_find learn --seed SEED$"),  # 2
-        first(r"^lr=lr cycles=HEAD_CYCLES precompute=True$"),  # 3
+        first(r"^lr=lr cycles=HEAD_CYCLES patience=HEAD_PATIENCE precompute=True$"),  # 3
         first(r"^lr=lr cycles=AUG_CYCLES cycle_len=1 precompute=False$"),  # 4
         first(r"^%unfreeze learn$"),  # 5
         first(r"^UNFROZEN_ITERS = .*LR_FIND_EPOCHS \* learn\.iters_per_epoch\(\)"),  # 7

@@ -52,6 +52,7 @@ def settings(env: dict[str, str] | None = None) -> dict:
 def recipe_of(ns: dict) -> Checklist:
     return Checklist(
         head_cycles=ns["HEAD_CYCLES"],
+        head_patience=ns["HEAD_PATIENCE"],
         aug_cycles=ns["AUG_CYCLES"],
         lr_find_epochs=ns["LR_FIND_EPOCHS"],
         unfreeze_cycles=ns["UNFREEZE_CYCLES"],
@@ -66,6 +67,8 @@ def test_the_notebooks_settings_are_the_recipes_defaults():
     assert larger_size(224) == ns["FINAL_SIZE"] == 288
     small = settings({"NBTRAIN_HEAD_CYCLES": "1", "NBTRAIN_SIZE": "32"})
     assert recipe_of(small) == Checklist(head_cycles=1, final_size=larger_size(32))
+    fixed = settings({"NBTRAIN_HEAD_CYCLES": "2", "NBTRAIN_HEAD_PATIENCE": "0"})
+    assert recipe_of(fixed) == Checklist(head_cycles=2, head_patience=None, final_size=288)
 
 
 @pytest.fixture
@@ -126,7 +129,7 @@ def test_the_notebooks_unfrozen_sweep_and_rates_are_the_recipes():
 def test_the_recipes_rules():
     recipe = Checklist(final_size=288, seed=5)
     cached, augmented = recipe.head_stages(0.01)
-    assert (cached.cycles, cached.precompute, cached.seed) == (2, True, 5)
+    assert (cached.cycles, cached.patience, cached.precompute, cached.seed) == (50, 3, True, 5)
     assert (augmented.cycles, augmented.cycle_len, augmented.precompute, augmented.seed) == (
         2,
         1,
@@ -167,8 +170,14 @@ def test_the_demo_runs_the_recipe(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert demo.main(["--size", "32", "--bs", "16", "--full"]) == 0
     out = capsys.readouterr().out
-    stages = re.findall(r"^\[stage (\d)/(\d)\] SGDR: (\d+) cycle", out, re.MULTILINE)
-    assert stages == [("1", "2", "2"), ("2", "2", "2"), ("1", "2", "3"), ("2", "2", "1")]
+    stages = re.findall(r"^\[stage (\d)/(\d)\] SGDR: (up to )?(\d+) ", out, re.MULTILINE)
+    assert stages == [
+        ("1", "2", "up to ", "50"),  # the head on cached activations, to convergence
+        ("2", "2", "", "2"),
+        ("1", "2", "", "3"),
+        ("2", "2", "", "1"),
+    ]
+    assert re.search(r"^  done: trained to convergence in \d+ epochs", out, re.MULTILINE)
     assert re.search(r"^lr_find: \d+ steps .* -> lr \d", out, re.MULTILINE)
     assert re.search(r"^lr_find \(unfrozen\): 20 steps .* -> rates ", out, re.MULTILINE)
     assert re.search(r"^final validation accuracy: \d\.\d{4} .*after 4 stages", out, re.MULTILINE)

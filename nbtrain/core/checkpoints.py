@@ -327,6 +327,7 @@ def rebuild(cls: type[L], payload: dict[str, Any], path: Path) -> L:
         data,
         source["arch"],
         pretrained=False,  # every weight comes from the checkpoint: nothing to download
+        head=source.get("head", "linear"),  # checkpoints before the mlp head had only this
         dropout=source["dropout"],
         head_init="random",
         seed=source["seed"],

@@ -68,8 +68,17 @@ class Features:
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def loaders(self, bs: int) -> tuple[DataLoader, DataLoader | None]:
-        """Shuffled train and ordered valid loaders over the cached tensors."""
-        train = DataLoader(TensorDataset(self.train_x, self.train_y), batch_size=bs, shuffle=True)
+        """Shuffled train and ordered valid loaders over the cached tensors.
+
+        As the image loader does, training drops a last batch of one image (a BatchNorm
+        in the head cannot train on it), so both have the same number of batches."""
+        n = len(self.train_y)
+        train = DataLoader(
+            TensorDataset(self.train_x, self.train_y),
+            batch_size=bs,
+            shuffle=True,
+            drop_last=n > 1 and n % bs == 1,
+        )
         valid = (
             DataLoader(TensorDataset(self.valid_x, self.valid_y), batch_size=bs)
             if self.valid_x is not None and self.valid_y is not None

@@ -4,6 +4,7 @@ checkpoints; everything else lives in the modules it calls."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import threading
@@ -211,7 +212,8 @@ class Learner:
         *,
         precompute: bool = False,
         pretrained: bool = True,
-        dropout: float = 0.25,
+        head: str = "auto",
+        dropout: float | None = None,
         head_init: str | dict[str, int | str] | None = "auto",
         seed: int | None = 0,
         **kwargs: Any,
@@ -229,10 +231,17 @@ class Learner:
             ``nn.Module`` body returning pooled features.
         precompute
             Train the head on cached body activations while the body is frozen.
+        head
+            ``"linear"``: dropout and one linear layer over the average-pooled features.
+            ``"mlp"``: fastai's head over average and max pooling side by side (BatchNorm,
+            dropout, a hidden layer of 512, ReLU, BatchNorm, dropout, linear). ``"auto"``
+            (default): linear when ``head_init`` starts it from pretrained classes, mlp
+            otherwise. ``learn.model.head_kind`` says which.
         dropout
-            Dropout before the head's linear layer.
+            Dropout before the head's last linear layer (the mlp head's first has half):
+            0.25 for the linear head, 0.5 for the mlp head when not given.
         head_init
-            Where the head's linear layer starts. ``"auto"``: from the body's pretrained
+            Where a linear head starts. ``"auto"``: from the body's pretrained
             classifier rows when every class name is the name of exactly one pretrained
             (ImageNet) class, ``ants`` -> ``ant`` and ``bees`` -> ``bee`` (a plural folder name
             matches too), at random otherwise. ``"pretrained"``: the same, but an error when
@@ -253,6 +262,7 @@ class Learner:
             arch,
             precompute=precompute,
             pretrained=pretrained,
+            head=head,
             dropout=dropout,
             head_init=head_init,
             seed=seed,
@@ -391,6 +401,9 @@ class Learner:
     def _feature_parts(self) -> dict[str, str]:
         data = self._cacheable()
         return {
+            # the body's layers as printed (its pooling, average or average + max, has no
+            # weights of its own): ~2 ms
+            "body": hashlib.sha256(repr(self._body_head().body).encode()).hexdigest(),
             "train": data.file_signature("train"),
             "valid": data.file_signature("valid"),
             "transform": data.eval_signature(),

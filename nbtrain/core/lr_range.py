@@ -190,8 +190,8 @@ def diagnose(lrs: Sequence[float], losses: Sequence[float], stop_reason: str) ->
             notes.append("the loss never rose at the end; raise end to see where it diverges")
         elif rose and ys.index(lo) > 0 and fall < 0.3:
             notes.append(
-                f"the loss falls only {fall:.0%} before it rises: the model already fits "
-                "well (a head started from pretrained classes?), so the suggestion is rough"
+                f"the loss falls only {fall:.0%} ({ys[0]:.3g} -> {lo:.3g}) before it rises, "
+                "so the suggestion is rough"
             )
     return notes
 

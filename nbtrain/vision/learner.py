@@ -16,7 +16,7 @@ from nbtrain.vision.classes import (
     resolve_head_init,
     warn_head_init,
 )
-from nbtrain.vision.models import OFFLINE_ARCH, BodySpec, body_groups, create_body
+from nbtrain.vision.models import OFFLINE_ARCH, BodySpec, body_groups, concat_pool, create_body
 
 if TYPE_CHECKING:  # the core imports this module, never the other way round
     from nbtrain.core.learner import Learner
@@ -24,13 +24,27 @@ if TYPE_CHECKING:  # the core imports this module, never the other way round
 L = TypeVar("L", bound="Learner")
 
 
-class ImageClassifier(BodyHead):
-    """``head(body(x))``: a pretrained body ending in global pooling, and a new head
-    (dropout, then a linear layer to the classes).
+HEADS = ("auto", "linear", "mlp")
+HIDDEN = 512  # the mlp head's hidden width (fastai's)
 
-    ``classes`` and ``head_init`` (see :func:`nbtrain.vision.classes.resolve_head_init`) decide
-    whether the linear layer starts from the body's pretrained classifier rows or at random;
-    ``self.head_init`` says which, in one line.
+
+class ImageClassifier(BodyHead):
+    """``head(body(x))``: a pretrained body ending in global pooling, and a new head.
+
+    Heads (``head=``):
+
+    - ``"linear"``: dropout, then one linear layer over the average-pooled features. It
+      can start from the body's pretrained classifier rows (``head_init``).
+    - ``"mlp"``: fastai's head. The body pools average and max side by side (twice the
+      width; the activation cache holds both), then BatchNorm, dropout/2, a hidden linear
+      layer of 512, ReLU, BatchNorm, dropout, the linear layer to the classes. Always starts
+      at random.
+    - ``"auto"``: ``"linear"`` when its rows start from pretrained classes (``head_init``
+      matched every class), ``"mlp"`` otherwise. Measured in ``bench/head_form.py``: from
+      pretrained rows the linear head starts where the body already is; from a random start
+      the mlp head ends higher on fine-grained classes.
+
+    ``self.head_kind`` says which head was built and ``self.head_init`` where it started.
     """
 
     def __init__(
@@ -38,28 +52,79 @@ class ImageClassifier(BodyHead):
         spec: BodySpec,
         n_classes: int,
         *,
-        dropout: float = 0.25,
+        head: str = "auto",
+        dropout: float | None = None,
         classes: Sequence[str] | None = None,
         head_init: str | Mapping[str, int | str] | None = "auto",
     ) -> None:
+        check_head(head, head_init)
+        dropout = default_dropout(head) if dropout is None else dropout
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         classes = list(classes) if classes is not None else [str(i) for i in range(n_classes)]
         if len(classes) != n_classes:
             raise ValueError(f"{len(classes)} class names for {n_classes} classes")
-        rows = resolve_head_init(head_init, classes, spec.classifier)
-        linear = nn.Linear(spec.n_features, n_classes)
-        if rows is not None and spec.classifier is not None:
-            with torch.no_grad():
-                linear.weight.copy_(spec.classifier.weight[rows])
-                linear.bias.copy_(spec.classifier.bias[rows])
-        super().__init__(spec.body, nn.Sequential(nn.Dropout(dropout), linear))
+        rows = None if head == "mlp" else resolve_head_init(head_init, classes, spec.classifier)
+        kind = head if head != "auto" else "linear" if rows is not None else "mlp"
+        if kind == "mlp":
+            spec = concat_pool(spec) or spec  # a body it cannot change pools as it did
+            layers = mlp_head(spec.n_features, n_classes, dropout=dropout)
+        else:
+            layers = linear_head(spec, n_classes, rows, dropout=dropout)
+        super().__init__(spec.body, layers)
+        self.head_kind = kind
+        self.dropout = dropout
         self.head_init = head_init_summary(classes, rows, spec.classifier)
         self.spec = replace(spec, classifier=None)  # its 1000 rows are not needed any more
 
     @property
     def arch(self) -> str:
         return self.spec.arch
+
+
+def check_head(head: object, head_init: object) -> None:
+    """Raise ValueError for an unknown head, or pretrained rows asked of the mlp head."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}, got {head!r}")
+    check_head_init(head_init)
+    if head == "mlp" and head_init not in ("auto", "random", None):
+        raise ValueError(
+            f"head_init={head_init!r} needs head='linear' (the mlp head's hidden layer "
+            "has no pretrained rows to start from)"
+        )
+
+
+def default_dropout(head: str) -> float:
+    """The dropout of the head's last layer when none is given: 0.25 before a lone linear
+    layer, fastai's 0.5 in the mlp head (``"auto"`` resolves first, so it has none)."""
+    return 0.5 if head == "mlp" else 0.25
+
+
+def linear_head(
+    spec: BodySpec, n_classes: int, rows: list[int] | None, *, dropout: float
+) -> nn.Sequential:
+    linear = nn.Linear(spec.n_features, n_classes)
+    if rows is not None and spec.classifier is not None:
+        with torch.no_grad():
+            linear.weight.copy_(spec.classifier.weight[rows])
+            linear.bias.copy_(spec.classifier.bias[rows])
+    return nn.Sequential(nn.Dropout(dropout), linear)
+
+
+def mlp_head(width: int, n_classes: int, *, dropout: float, hidden: int = HIDDEN) -> nn.Sequential:
+    """fastai's head over pooled features: BatchNorm, dropout/2, linear, ReLU, BatchNorm,
+    dropout, linear (no biases before a BatchNorm; He init before the ReLU)."""
+    first = nn.Linear(width, hidden, bias=False)
+    nn.init.kaiming_normal_(first.weight, nonlinearity="relu")
+    return nn.Sequential(
+        nn.BatchNorm1d(width),
+        nn.Dropout(dropout / 2),
+        first,
+        nn.ReLU(inplace=True),
+        nn.BatchNorm1d(hidden),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, n_classes),
+    )
 
 
 def pretrained_learner(
@@ -69,7 +134,8 @@ def pretrained_learner(
     *,
     precompute: bool = False,
     pretrained: bool = True,
-    dropout: float = 0.25,
+    head: str = "auto",
+    dropout: float | None = None,
     head_init: str | Mapping[str, int | str] | None = "auto",
     seed: int | None = 0,
     **kwargs: Any,
@@ -79,13 +145,13 @@ def pretrained_learner(
     classes = getattr(data, "classes", None)
     if not classes:
         raise ValueError("the data has no classes; build it with ImageData.from_folder/from_csv")
-    check_head_init(head_init)  # before the body is built (it may download)
+    check_head(head, head_init)  # before the body is built (it may download)
     with torch.random.fork_rng(devices=[]):  # the user's RNG stream is left alone
         if seed is not None:
             torch.manual_seed(seed)  # the new head starts the same in every kernel
         spec = create_body(arch, pretrained=pretrained)
         model = ImageClassifier(
-            spec, len(classes), dropout=dropout, classes=classes, head_init=head_init
+            spec, len(classes), head=head, dropout=dropout, classes=classes, head_init=head_init
         )
     if hasattr(data, "set_normalization"):
         data.set_normalization(spec.mean, spec.std)  # inputs as the body was trained on
@@ -95,7 +161,7 @@ def pretrained_learner(
         group.name = name
     learn.freeze()
     learn.precompute = precompute
-    learn.source = _source(data, arch, pretrained, dropout, head_init, seed, kwargs)
+    learn.source = _source(data, arch, pretrained, model, head_init, seed, kwargs)
     if head_init == "auto" and model.head_init != "random":  # picked by name: say which
         warn_head_init(model.head_init, stacklevel=3)  # the caller of Learner.pretrained
     return learn
@@ -113,7 +179,7 @@ def _source(
     data: Any,
     arch: str | nn.Module,
     pretrained: bool,
-    dropout: float,
+    model: ImageClassifier,
     head_init: Any,
     seed: int | None,
     options: dict[str, Any],
@@ -126,7 +192,8 @@ def _source(
         "arch": None if module else arch,
         "arch_class": f"{type(arch).__module__}.{type(arch).__qualname__}" if module else None,
         "pretrained": pretrained,
-        "dropout": dropout,
+        "head": model.head_kind,
+        "dropout": model.dropout,
         "head_init": dict(head_init) if isinstance(head_init, Mapping) else head_init,
         "seed": seed,
         "data": getattr(data, "source", None),

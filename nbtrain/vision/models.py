@@ -11,7 +11,7 @@ import socket
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import timm
@@ -28,7 +28,9 @@ __all__ = [
     "OFFLINE_ARCH",
     "OFFLINE_ARCHS",
     "BodySpec",
+    "ConcatPool2d",
     "body_groups",
+    "concat_pool",
     "create_body",
     "load_efficientnet_lite0",
     "load_offline",
@@ -218,6 +220,42 @@ def create_body(
         return _spec(model, width, *_timm_norm(model), name, _fits(classifier, width))
     model, width, mean, std, classifier = _torchvision_body(arch, name, pretrained=pretrained)
     return _spec(model, width, mean, std, name, _fits(classifier, width))
+
+
+class ConcatPool2d(nn.Module):
+    """Global average and max pooling side by side: ``(N, C, H, W) -> (N, 2C)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = nn.functional.adaptive_avg_pool2d(x, 1)
+        top = nn.functional.adaptive_max_pool2d(x, 1)
+        return torch.cat([avg, top], dim=1).flatten(1)
+
+
+def concat_pool(spec: BodySpec) -> BodySpec | None:
+    """The same body pooling average and max side by side (twice the width), changed in
+    place; None when its pooling cannot be found (a module of your own, a transformer).
+
+    timm bodies get ``global_pool="catavgmax"``; torchvision bodies whose ``avgpool`` is a
+    global average get :class:`ConcatPool2d` in its place.
+    """
+    body = spec.body
+    if isinstance(getattr(body, "global_pool", None), nn.Module) and hasattr(
+        body, "reset_classifier"
+    ):
+        try:
+            body.reset_classifier(0, global_pool="catavgmax")  # type: ignore[operator]
+        except Exception:  # a timm model whose head takes no pool type: keep it as it was
+            return None
+        width = _timm_width(body)
+        if width != 2 * spec.n_features:  # pre-logits layers between pool and classifier
+            body.reset_classifier(0, global_pool="avg")  # type: ignore[operator]
+            return None
+        return replace(spec, n_features=width)
+    pool = getattr(body, "avgpool", None)
+    if isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1)):
+        body.avgpool = ConcatPool2d()
+        return replace(spec, n_features=2 * spec.n_features)
+    return None
 
 
 def _spec(

@@ -138,11 +138,13 @@ def test_classifier_head_copies_the_rows_in_label_order():
 def test_classifier_head_is_random_when_the_classes_do_not_match():
     spec = _spec(PRETRAINED)
     torch.manual_seed(0)
-    model = ImageClassifier(spec, 2, classes=["cats", "dogs"])
+    model = ImageClassifier(spec, 2, head="linear", classes=["cats", "dogs"])
     torch.manual_seed(0)
     fresh = nn.Linear(4, 2)
-    assert model.head_init == "random"
+    assert model.head_init == "random" and model.head_kind == "linear"
     assert torch.equal(model.head[-1].weight, fresh.weight)
+    # head="auto": no rows to start from, so fastai's mlp head (measured stronger from random)
+    assert ImageClassifier(spec, 2, classes=["cats", "dogs"]).head_kind == "mlp"
 
 
 def test_offline_lite0_carries_imagenet_classes():

@@ -61,6 +61,7 @@ def test_learner_resume_rebuilds_a_pretrained_learner_and_ends_as_if_never_stopp
 
     learn = Learner.resume(path)
     assert learn.model.arch == "tf_efficientnet_lite0"
+    assert learn.model.head_kind == reference.model.head_kind == "mlp"  # shapes: no ImageNet rows
     assert learn.data.classes == reference.data.classes
     assert [s.status for s in learn.fits] == ["done", "done"]  # stage 1 restored, stage 2 ran
     expected = weights(reference)
