@@ -10,6 +10,7 @@ import random
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ from nbtrain.core.data import (
     as_data,
     batch_size,
 )
+from nbtrain.core.distributed import Shard, resolve_procs
 from nbtrain.core.events import Events
 from nbtrain.core.features import BodyHead, FeatureCache, Features
 from nbtrain.core.loop import fit, user_stacklevel
@@ -107,6 +109,10 @@ class _ClassOrInstance:
 
 class PrecomputeWarning(UserWarning):
     """Precompute is on while the data is set to augment: augmentation has no effect."""
+
+
+class ProcsNote(UserWarning):
+    """A fit on several processes: how many, the backend, and the global batch."""
 
 
 class Learner:
@@ -197,6 +203,7 @@ class Learner:
         self._precompute = False
         self._told_augment = False
         self.feature_cache = FeatureCache()
+        self._shard: Shard | None = None  # this process's part of a distributed fit
         # How to build this learner again after a kernel restart (Learner.pretrained
         # fills it in); None: only the notebook's code can (see from_checkpoint).
         self.source: dict[str, Any] | None = None
@@ -451,12 +458,17 @@ class Learner:
 
     def _training_inputs(self) -> tuple[nn.Module, Any, Any]:
         """The module to run and the loaders to run it on: the whole model on images,
-        or, with precompute and a frozen body, the head on cached activations."""
+        or, with precompute and a frozen body, the head on cached activations. In a rank
+        of a distributed fit: that module wrapped by DDP, and this rank's batches."""
+        bs = batch_size(self.data, self.data.train)
         if self.uses_cache:
-            bs = batch_size(self.data, self.data.train)
             train, valid = self.features().loaders(bs)
-            return self._body_head().head, train, valid
-        return self.model, self.data.train, self.data.valid
+            model: nn.Module = self._body_head().head
+        else:
+            model, train, valid = self.model, self.data.train, self.data.valid
+        if self._shard is not None:
+            return self._shard.module(model, self.device), self._shard.loader(train, bs), valid
+        return model, train, valid
 
     def iters_per_epoch(self) -> int:
         # The image loader's length also counts the batches over cached activations
@@ -470,6 +482,15 @@ class Learner:
             ) from None
         if n == 0:
             raise ValueError("the training loader is empty")
+        if self._shard is not None:  # each rank's part of every global batch
+            sampler = getattr(train, "sampler", None)
+            items = len(sampler) if sampler is not None else n * batch_size(self.data, train)
+            n = self._shard.batches(items, batch_size(self.data, train))
+            if n == 0:
+                raise ValueError(
+                    f"{items} training items make no global batch of "
+                    f"{self._shard.world} x {batch_size(self.data, train)}"
+                )
         return n
 
     def plan(
@@ -495,6 +516,8 @@ class Learner:
         listeners: Sequence[object] = (),
         resume: bool | str | os.PathLike = False,
         patience: int | None = None,
+        procs: int | str | None = None,
+        scale_lr: bool = False,
     ) -> TrainState:
         """Train with SGDR: cosine annealing with warm restarts (arXiv:1608.03983).
 
@@ -516,6 +539,9 @@ class Learner:
             Train until the validation loss stops improving: stop after ``patience``
             epochs without a lower one (``cycles`` one-epoch cycles at most) and keep the
             best epoch's weights; see :class:`~nbtrain.core.stages.Stage`.
+        procs, scale_lr
+            Train on ``procs`` worker processes (an int, or ``"auto"``: every GPU); see
+            :meth:`fit_stages`.
         resume
             True (or a checkpoint's path): go on with the last unfinished run instead,
             where its checkpoint left it (the other arguments are not used); see
@@ -551,8 +577,29 @@ class Learner:
         if lr is None:
             raise ValueError("fit_cycles needs a rate: lr=... (see lr_find)")
         stage = Stage(lr, cycles, cycle_len, cycle_mult, seed=seed, patience=patience)
-        states = self.fit_stages([stage], save_snapshots=save_snapshots, listeners=listeners)
+        states = self.fit_stages(
+            [stage],
+            save_snapshots=save_snapshots,
+            listeners=listeners,
+            procs=procs,
+            scale_lr=scale_lr,
+        )
         return states[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A learner pickles (with cloudpickle: how a distributed fit sends it to its
+        ranks) without what belongs to this process: the handlers of its events (the
+        notebook's views), a running fit, its checkpoint writer and activations in memory."""
+        values = dict(self.__dict__)
+        values.update(
+            events=Events(),
+            _writer=CheckpointWriter(),
+            _running=None,
+            _run_stop=None,
+            _shard=None,
+            feature_cache=FeatureCache(self.feature_cache.directory),
+        )
+        return values
 
     @on_main_arena
     def fit_stages(
@@ -561,6 +608,8 @@ class Learner:
         *,
         save_snapshots: str | None = None,
         listeners: Sequence[object] = (),
+        procs: int | str | None = None,
+        scale_lr: bool = False,
     ) -> list[TrainState]:
         """Run SGDR stages in order, each one fit (see :class:`~nbtrain.core.stages.Stage`).
 
@@ -578,7 +627,15 @@ class Learner:
 
         While the run goes, resumable checkpoints are written to ``checkpoint_dir``
         (see :meth:`resume`).
+
+        ``procs=N`` (or ``"auto"``: every GPU) trains on N worker processes with
+        ``torch.distributed`` (see :mod:`nbtrain.core.distributed`): the global batch is
+        N x bs, and ``scale_lr=True`` multiplies every rate by N to match it. The learner
+        then holds the result as after a fit in this process.
         """
+        n = resolve_procs(procs)
+        if n > 1 or scale_lr:
+            return self._fit_procs(stages, n, scale_lr, save_snapshots, listeners)
         point = stages if isinstance(stages, ResumePoint) else None
         if point is not None:
             plan = point.plan
@@ -647,6 +704,45 @@ class Learner:
             for undo in unsubscribe:
                 undo()
         return states
+
+    def _fit_procs(
+        self,
+        stages: Sequence[Stage] | Plan | ResumePoint,
+        procs: int,
+        scale_lr: bool,
+        save_snapshots: str | None,
+        listeners: Sequence[object],
+    ) -> list[TrainState]:
+        if isinstance(stages, ResumePoint):
+            raise ValueError("a resumed run goes on in one process; resume it, then fit with procs")
+        if save_snapshots:
+            raise ValueError(
+                "save_snapshots works in one process; after a fit with procs, "
+                "learn.snapshots holds every cycle end (learn.load_snapshot, then save)"
+            )
+        if procs == 1:
+            raise ValueError("scale_lr multiplies the rates by procs; give procs=N (N >= 2)")
+        stages = list(stages.stages if isinstance(stages, Plan) else stages)
+        if scale_lr:
+            stages = [
+                replace(s, lr=tuple(procs * lr for lr in self.resolve_lrs(s.lr))) for s in stages
+            ]
+        self._shard = Shard(0, procs)  # plan as every rank will: its part of each global batch
+        try:
+            plan = self.plan_stages(stages)
+        finally:
+            self._shard = None
+        bs = batch_size(self.data, self.data.train)
+        warnings.warn(
+            f"{procs} processes ({'NCCL' if self.device.type == 'cuda' else 'gloo'}): the global "
+            f"batch is {procs} x {bs} = {procs * bs}"
+            + ("; every rate multiplied by " + str(procs) if scale_lr else ""),
+            ProcsNote,
+            stacklevel=user_stacklevel(),
+        )
+        from nbtrain.core import distributed
+
+        return distributed.run(self, plan, procs=procs, listeners=listeners)
 
     def _fit_index(self, run: str, stage: int) -> int:
         """Where a stage's state goes in ``fits``: in place of the same run's stage that

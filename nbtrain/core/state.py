@@ -211,6 +211,17 @@ class TrainState:
         """Ask the loop to stop at the next batch boundary (safe from any thread)."""
         self._stop.set()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A state crosses processes (a distributed fit's rank 0 sends it to the notebook)
+        # without its Stop flag: a request to stop is for the process that holds it.
+        values = dict(self.__dict__)
+        values.pop("_stop", None)
+        return values
+
+    def __setstate__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+        self._stop = threading.Event()
+
     @property
     def stop_requested(self) -> bool:
         return self._stop.is_set()

@@ -669,6 +669,21 @@ class ImageData:
         self._loaders.clear()
         return self
 
+    def __getstate__(self) -> dict:
+        """Pickled (for a distributed fit's ranks) without its loaders, whose workers
+        belong to this process; the training loader's shuffling goes on where it was."""
+        values = dict(self.__dict__)
+        train = self._loaders.get("train")
+        values["_loaders"] = {}
+        values["_train_generator"] = train.generator.get_state() if train is not None else None
+        return values
+
+    def __setstate__(self, values: dict) -> None:
+        generator = values.pop("_train_generator", None)
+        self.__dict__.update(values)
+        if generator is not None:
+            self.train.generator.set_state(generator)
+
     # ----------------------------------------------------------------- loaders
     @property
     def train(self) -> DataLoader:

@@ -1,0 +1,567 @@
+"""One fit on N processes: ``torch.distributed`` with DistributedDataParallel.
+
+``learn.fit_stages(stages, procs=N)`` (and ``%fit_cycles ... --procs N``) runs the same
+stages on N local worker processes, NCCL with one GPU each on CUDA, gloo on the CPU, and
+puts the result back in the notebook's learner: weights, optimizer, history, snapshots.
+
+How it goes
+-----------
+- The learner and its plan are pickled with ``cloudpickle``, which sends classes and
+  functions defined in the notebook itself (a model class in ``__main__``, a lambda
+  transform) by value. What cannot be pickled is named in one line before any worker
+  starts.
+- Workers are **spawned**: a fresh interpreter each. Forking a kernel that already ran
+  torch copies a process whose OpenMP pool, allocator thread and (maybe) CUDA context are
+  not fork-safe: children hang in OpenMP or fail on CUDA (fastai #4015). A spawned worker
+  sees only ``CUDA_VISIBLE_DEVICES`` set to its own GPU, so CUDA already initialised in the
+  notebook does not matter.
+- Each rank trains on its share of every global batch of ``N x bs`` images: the ranks
+  draw the same permutation from copies of the same loader generator, and rank ``r`` takes
+  the ``r``-th run of ``bs`` items of each global batch (:class:`ShardBatches`). So the N
+  processes see, per step, exactly the batch one process with batch ``N x bs`` would, and
+  DDP's averaged gradient is that process's gradient.
+- Rank 0 sends the loop's events (batch ends at most every 0.1 s) to the notebook, whose
+  listeners (the progress view, the table) see them as in one process. At every batch end
+  the ranks agree by an all-reduce whether a stop was asked for (Stop, a kernel interrupt),
+  so every rank stops after the same batch.
+- Every rank validates on the whole validation set (the same numbers on every rank, so
+  ``patience`` decides alike everywhere); rank 0's result is what comes back.
+- A worker that fails or dies ends the fit on every rank within a second: the others are
+  terminated, the learner in the notebook is left as it was before the fit, and one line
+  names the rank and its error. Workers also die with the notebook's process
+  (``PR_SET_PDEATHSIG``), so none is left behind by a dead kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import math
+import multiprocessing
+import os
+import pickle
+import queue as queue_module
+import shutil
+import signal
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+
+from nbtrain.core.checks import whole_number
+
+if TYPE_CHECKING:
+    from nbtrain.core.learner import Learner
+    from nbtrain.core.stages import Plan
+    from nbtrain.core.state import TrainState
+
+START_METHOD = "spawn"  # see the module doc: fork is unsafe after torch ran in the kernel
+EVENT_INTERVAL_S = 0.1  # rank 0 sends batch events at most this often
+TIMEOUT_S = 120  # a collective that waits longer than this has lost a rank
+STOP_GRACE_S = 60.0  # after a Stop or interrupt, how long the ranks get to finish a batch
+
+
+class DistributedError(RuntimeError):
+    """A worker of a distributed fit failed; the message names the rank and the error."""
+
+
+def resolve_procs(procs: int | str | None) -> int:
+    """How many processes: a whole number >= 1, or ``"auto"``: every visible GPU, else 1
+    (on the CPU one process with every core trains faster than several sharing them:
+    ``bench/distributed.py``)."""
+    if procs is None:
+        return 1
+    if procs == "auto":
+        return max(1, torch.cuda.device_count())
+    if isinstance(procs, str):
+        if not procs.isdigit():
+            raise ValueError(f"procs must be a whole number >= 1 or 'auto', got {procs!r}")
+        procs = int(procs)
+    return whole_number("procs", procs, minimum=1)
+
+
+# ------------------------------------------------------------------------ sharding
+def shard_spans(n: int, bs: int, rank: int, world: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` positions, in an epoch's order of ``n`` items, that rank
+    ``rank`` trains on: the ``rank``-th run of ``bs`` items of each global batch of
+    ``world x bs``. A last, partial global batch is split evenly (its remainder after
+    ``world`` equal parts dropped); when it cannot give each rank 2 items it is dropped
+    (a BatchNorm cannot train on one)."""
+    size = bs * world
+    full = n // size
+    spans = [(g * size + rank * bs, g * size + (rank + 1) * bs) for g in range(full)]
+    part = (n - full * size) // world
+    if part >= 2:
+        start = full * size + rank * part
+        spans.append((start, start + part))
+    return spans
+
+
+class ShardBatches(Sampler[list[int]]):
+    """Rank ``rank``'s batches from ``sampler``'s order (see :func:`shard_spans`).
+
+    Every rank iterates its own copy of the same sampler (a RandomSampler over copies of
+    one generator), so every rank draws the same order and takes its own part of it."""
+
+    def __init__(self, sampler: Any, bs: int, rank: int, world: int) -> None:
+        self.sampler, self.bs, self.rank, self.world = sampler, bs, rank, world
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(self.sampler)
+        for start, end in shard_spans(len(order), self.bs, self.rank, self.world):
+            yield order[start:end]
+
+    def __len__(self) -> int:
+        return len(shard_spans(len(self.sampler), self.bs, self.rank, self.world))
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a distributed fit; the Learner asks it for its loader and
+    module (see ``Learner._training_inputs``)."""
+
+    rank: int
+    world: int
+
+    def loader(self, loader: DataLoader, bs: int) -> DataLoader:
+        """``loader``'s data, this rank's part of each global batch; same workers,
+        collation and generator (its base seed is drawn as the original loader's)."""
+        return DataLoader(
+            loader.dataset,
+            batch_sampler=ShardBatches(loader.sampler, bs, self.rank, self.world),
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            worker_init_fn=loader.worker_init_fn,
+            multiprocessing_context=loader.multiprocessing_context,
+            generator=loader.generator,
+            persistent_workers=loader.persistent_workers,
+        )
+
+    def batches(self, n: int, bs: int) -> int:
+        return len(shard_spans(n, bs, self.rank, self.world))
+
+    def module(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """``model`` wrapped for gradient averaging; a model with nothing to train (all
+        frozen) is returned as it is."""
+        if not any(p.requires_grad for p in model.parameters()):
+            return model
+        ids = [device.index or 0] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+
+# -------------------------------------------------------------------- the notebook side
+@dataclass
+class Job:
+    """What each worker receives beside the learner (pickled apart, by cloudpickle)."""
+
+    stages: list[Any]
+    rng: Any  # the notebook's random states: every rank starts from them, as one process would
+    threads: int
+    gpus: list[str]
+    timeout_s: float
+
+
+def check_sendable(learn: Learner) -> bytes:
+    """The learner pickled for the workers; ValueError naming what cannot be sent."""
+    import cloudpickle
+
+    for name in ("model", "data", "loss_fn", "metrics", "opt_func"):
+        try:
+            cloudpickle.dumps(getattr(learn, name))
+        except Exception as exc:
+            raise ValueError(
+                f"cannot send the learner's {name} to worker processes "
+                f"({type(exc).__name__}: {_line(exc)}); define it in a module or the "
+                "notebook without open files, locks or generators, or train in one process"
+            ) from None
+    return cloudpickle.dumps(learn)
+
+
+def run(
+    learn: Learner,
+    plan: Plan,
+    *,
+    procs: int,
+    listeners: Sequence[object] = (),
+) -> list[TrainState]:
+    """Train ``plan`` (planned with this learner's ``Shard(0, procs)``) on ``procs`` worker
+    processes and put the result into ``learn`` (see the module doc). Returns the stages'
+    states, as ``fit_stages`` does; DistributedError (one line) when a rank failed, the
+    learner then as it was before."""
+    from nbtrain.core.resume import RNGStates
+
+    device = learn.device
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"procs works on CUDA (NCCL) and the CPU (gloo), not on {device.type}")
+    gpus = _gpus(procs) if device.type == "cuda" else []
+    learner_bytes = check_sendable(learn)
+    threads = max(1, (os.cpu_count() or 1) // procs) if device.type == "cpu" else 1
+    folder = Path(tempfile.mkdtemp(prefix="nbtrain-procs-"))
+    unsubscribe = [learn.events.subscribe(listener) for listener in listeners]
+    workers: list[Any] = []
+    try:
+        job = folder / "job.pkl"
+        stages = list(plan.stages)
+        job.write_bytes(pickle.dumps(Job(stages, RNGStates.capture(), threads, gpus, TIMEOUT_S)))
+        (folder / "learner.pkl").write_bytes(learner_bytes)
+        context: Any = multiprocessing.get_context(START_METHOD)
+        messages = context.Queue()
+        stop = context.Event()
+        workers = [
+            context.Process(
+                target=worker_main,
+                args=(rank, procs, str(folder), messages, stop),
+                name=f"nbtrain-rank-{rank}",
+            )
+            for rank in range(procs)
+        ]
+        for process in workers:
+            process.start()
+        try:
+            result = _follow(learn, workers, messages, stop)
+        except DistributedError as exc:
+            raise DistributedError(f"{exc}; the learner is as it was before this fit") from None
+        return apply_result(learn, plan, result)
+    finally:
+        _end(workers)
+        for undo in unsubscribe:
+            undo()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _gpus(procs: int) -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [i.strip() for i in visible.split(",")] if visible else None
+    count = len(ids) if ids is not None else torch.cuda.device_count()
+    if procs > count:
+        raise ValueError(f"procs={procs} on CUDA needs {procs} GPUs; {count} visible")
+    return ids[:procs] if ids is not None else [str(i) for i in range(procs)]
+
+
+class _Mirror:
+    """The notebook's copy of rank 0's state for one stage: listeners get the same object
+    at every event, as in one process, and a Stop asked of it is seen here."""
+
+    def __init__(self) -> None:
+        self.states: dict[int, TrainState] = {}
+
+    def update(self, state: TrainState) -> TrainState:
+        mine = self.states.get(state.stage)
+        if mine is None:
+            self.states[state.stage] = state
+            return state
+        stop = mine._stop
+        mine.__dict__.update(state.__dict__)
+        mine._stop = stop
+        return mine
+
+    def stop_requested(self) -> bool:
+        return any(state.stop_requested for state in self.states.values())
+
+
+def _follow(learn: Learner, workers: list[Any], messages: Any, stop: Any) -> dict[str, Any]:
+    """Replay rank 0's events until every worker has ended; stop them all on a Stop, an
+    interrupt (then re-raised once the ranks have stopped) or a failed rank."""
+    mirror = _Mirror()
+    result: dict[str, Any] | None = None
+    interrupted = False
+    deadline = math.inf
+    while True:
+        try:
+            message = messages.get(timeout=0.2)
+        except queue_module.Empty:
+            message = None
+        except KeyboardInterrupt:
+            interrupted, deadline = True, time.monotonic() + STOP_GRACE_S
+            stop.set()
+            continue
+        try:
+            if message is not None:
+                kind, rank, body = message
+                if kind == "error":
+                    raise DistributedError(f"rank {rank} failed: {body}")
+                if kind == "event":
+                    name, state = body[0], mirror.update(pickle.loads(body[1]))
+                    learn.events.emit(name, state)
+                elif kind == "done":
+                    result = torch.load(body, weights_only=True)
+            if (learn._run_stop is not None and learn._run_stop.is_set()) or (
+                mirror.stop_requested()
+            ):
+                stop.set()
+            failed = _failed(workers)
+            if failed is not None and not (result is not None and failed[1] == 0):
+                raise DistributedError(f"rank {failed[0]} {_exit_words(failed[1])}")
+            if all(w.exitcode is not None for w in workers) and messages.empty():
+                if result is None:
+                    raise DistributedError("the workers ended without a result")
+                if interrupted:
+                    result["interrupted"] = True
+                return result
+            if time.monotonic() > deadline:
+                raise DistributedError("the ranks did not stop within a minute of the interrupt")
+        except KeyboardInterrupt:  # from a listener (a kernel interrupt in a worker thread)
+            interrupted, deadline = True, time.monotonic() + STOP_GRACE_S
+            stop.set()
+
+
+def _failed(workers: list[Any]) -> tuple[int, int] | None:
+    for rank, process in enumerate(workers):
+        if process.exitcode not in (None, 0):
+            return rank, process.exitcode
+    return None
+
+
+def _exit_words(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _end(workers: list[Any]) -> None:
+    """No worker outlives the fit: terminate, then kill, whatever is still running."""
+    for process in workers:
+        if process.exitcode is None:
+            process.terminate()
+    for process in workers:
+        process.join(timeout=3)
+        if process.exitcode is None:
+            process.kill()
+            process.join(timeout=3)
+
+
+def apply_result(learn: Learner, plan: Plan, result: dict[str, Any]) -> list[TrainState]:
+    """Put rank 0's end of the run (:func:`train_rank`'s plain result) into the notebook's
+    learner: weights, freeze state, optimizer, size and precompute, shuffling, the stages'
+    states in ``learn.fits`` and their snapshots."""
+    from nbtrain.core.checkpoints import record, restore_state
+    from nbtrain.core.resume import loader_generator
+    from nbtrain.core.state import Snapshot, TrainState
+
+    restore_state(learn, result["learner"])
+    generator = loader_generator(learn.data.train)
+    if generator is not None and result["generator"] is not None:
+        generator.set_state(result["generator"])
+    states = []
+    for done in result["states"]:
+        index = done["stage"]
+        state = TrainState(
+            schedule=plan.schedules[index], fit=len(learn.fits), plan=plan, stage=index,
+            run=done["run"],
+        )  # fmt: skip
+        state.history = [record(r) for r in done["history"]]
+        state.it, state.status, state.message = done["it"], done["status"], done["message"]
+        state.epoch, state.cycle = done["epoch"], done["cycle"]
+        learn.fits.append(state)
+        states.append(state)
+        for snap in done["snapshots"]:
+            learn.snapshots.append(Snapshot(**{**snap, "fit": state.fit}))
+    if result.get("interrupted"):
+        if states and states[-1].status == "stopped":
+            states[-1].status = "interrupted"
+        raise KeyboardInterrupt("the distributed fit was interrupted; the learner holds its end")
+    return states
+
+
+def plain_result(learn: Learner, states: Sequence[TrainState], first_snapshot: int) -> dict:
+    """Rank 0's end of the run, as tensors, numbers, strings, lists and dicts only (it
+    loads with ``weights_only=True``, also from a ``torchrun`` job's file)."""
+    from nbtrain.core.resume import loader_generator
+
+    generator = loader_generator(learn.data.train)
+    new = learn.snapshots[first_snapshot:]
+    return {
+        "learner": learner_state(learn),
+        "generator": generator.get_state() if generator is not None else None,
+        "states": [
+            {
+                "stage": state.stage,
+                "run": state.run,
+                "it": state.it,
+                "epoch": state.epoch,
+                "cycle": state.cycle,
+                "status": state.status,
+                "message": state.message,
+                "history": [dataclasses.asdict(r) for r in state.history],
+                "snapshots": [
+                    {
+                        "cycle": snap.cycle,
+                        "epoch": snap.epoch,
+                        "valid_loss": snap.valid_loss,
+                        "metrics": dict(snap.metrics),
+                        "state_dict": snap.state_dict,
+                    }
+                    for snap in new
+                    if snap.fit == state.fit
+                ],
+            }
+            for state in states
+        ],
+    }
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------- the worker side
+class _Forward:
+    """Rank 0's listener: every event to the notebook, batch events at most every 0.1 s
+    (pickled at once: the state goes on changing while the queue's thread sends it)."""
+
+    def __init__(self, messages: Any) -> None:
+        self.messages, self.last = messages, -math.inf
+
+    def _send(self, name: str, state: TrainState) -> None:
+        self.messages.put(("event", 0, (name, pickle.dumps(state))))
+
+    def __getattr__(self, attr: str) -> Any:
+        if not attr.startswith("on_"):
+            raise AttributeError(attr)
+        name = attr.removeprefix("on_")
+
+        def send(state: TrainState) -> None:
+            if name in ("batch_start", "batch_end"):
+                now = time.monotonic()
+                if now - self.last < EVENT_INTERVAL_S:
+                    return
+                if name == "batch_end":
+                    self.last = now
+            self._send(name, state)
+
+        return send
+
+
+class _RankSync:
+    """Every rank's listener. At each batch end all ranks learn whether any was asked to
+    stop (one all-reduce of one number), so all stop after the same batch; at each epoch
+    end the training loss becomes the mean over the ranks (each saw its own part)."""
+
+    def __init__(self, stop: Any, device: torch.device) -> None:
+        self.stop, self.device = stop, device
+
+    def on_batch_end(self, state: TrainState) -> None:
+        asked = self.stop is not None and self.stop.is_set()
+        flag = torch.tensor([1.0 if asked else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
+            state.request_stop()
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        last = state.history[-1]
+        loss = torch.tensor([last.train_loss], dtype=torch.float64, device=self.device)
+        dist.all_reduce(loss)
+        state.history[-1] = dataclasses.replace(
+            last, train_loss=loss.item() / dist.get_world_size()
+        )
+
+
+def worker_main(rank: int, world: int, folder: str, messages: Any, stop: Any) -> None:
+    """One rank: join the group, train the plan on this rank's shard, rank 0 writes the
+    result. Any failure is sent to the notebook as one line, and the process exits 1."""
+    _die_with_parent()
+    try:
+        with open(Path(folder) / "job.pkl", "rb") as f:
+            job: Job = pickle.load(f)
+        if job.gpus:  # before anything touches CUDA: this rank's GPU is its only one
+            os.environ["CUDA_VISIBLE_DEVICES"] = job.gpus[rank]
+        torch.set_num_threads(job.threads)
+        with open(Path(folder) / "learner.pkl", "rb") as f:
+            learn = pickle.load(f)
+        job.rng.restore(loader=False)
+        backend = "nccl" if learn.device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend,
+            init_method=f"file://{folder}/rendezvous",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=job.timeout_s),
+        )
+        result = train_rank(learn, job.stages, rank, world, messages=messages, stop=stop)
+        if rank == 0:
+            path = Path(folder) / "result.pt"
+            torch.save(result, path)
+            messages.put(("done", 0, str(path)))
+        dist.barrier()
+        dist.destroy_process_group()
+    except BaseException as exc:  # every failure is reported, then exit 1
+        messages.put(("error", rank, f"{type(exc).__name__}: {_line(exc)}"))
+        if os.environ.get("NBTRAIN_DEBUG"):
+            traceback.print_exc()
+        messages.close()
+        messages.join_thread()  # the line reaches the notebook before the process ends
+        os._exit(1)  # at once: a collective other ranks wait in must not hold this one
+
+
+def train_rank(
+    learn: Learner,
+    stages: Sequence[Any],
+    rank: int,
+    world: int,
+    *,
+    messages: Any = None,
+    stop: Any = None,
+) -> dict[str, Any] | None:
+    """Train ``stages`` as rank ``rank`` of ``world`` (the process group is up); rank 0
+    returns what the notebook's learner takes back (:func:`apply_result`)."""
+    learn._shard = Shard(rank, world)
+    learn.checkpoint_dir = False  # the notebook's learner keeps the result, not the ranks
+    listeners: list[object] = [_RankSync(stop, learn.device)]
+    if rank == 0 and messages is not None:
+        listeners.append(_Forward(messages))
+    first_snapshot = len(learn.snapshots)
+    _share_cache(learn, stages[0], rank)
+    states = learn.fit_stages(stages, listeners=listeners)
+    return plain_result(learn, states, first_snapshot) if rank == 0 else None
+
+
+def learner_state(learn: Learner) -> dict[str, Any]:
+    """What :func:`nbtrain.core.checkpoints.restore_state` puts back."""
+    data = learn.data
+    return {
+        "model": learn.model.state_dict(),
+        "optimizer": learn.opt.state_dict(),
+        "opt": learn.opt_name,
+        "scaler": learn.scaler.state_dict() if learn.scaler is not None else None,
+        "trainable": learn.trainable,
+        "bn_frozen": learn.bn_frozen,
+        "precompute": learn.precompute,
+        "size": getattr(data, "size", None) if learn.can_resize() else None,
+        "data_seed": getattr(data, "seed", None),
+    }
+
+
+def _share_cache(learn: Learner, first: Any, rank: int) -> None:
+    """precompute: rank 0 builds the activation cache (or reads it from disk) before the
+    others read it from disk, so no rank computes what another did. Without a disk cache
+    every rank computes its own."""
+    precompute = first.precompute if first.precompute is not None else learn.precompute
+    if not (precompute and learn.body_frozen and learn.precompute_unsupported() is None):
+        return
+    if first.size is not None:  # the first stage's size is what its cache is keyed by
+        learn.set_size(first.size)
+    if rank == 0:
+        learn.features()
+    dist.barrier()
+    if rank != 0:
+        learn.features()
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when the notebook's process dies (no orphans)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
