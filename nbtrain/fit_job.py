@@ -133,6 +133,7 @@ class FitJob:
     handle: Any = None
     listeners: list[Any] = field(default_factory=list)  # beside the view, e.g. an epoch log
     resume: ResumePoint | None = None  # go on with an unfinished run (its plan is ``plan``)
+    procs: Any = None  # --procs: the plan was planned for that many processes
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -156,7 +157,9 @@ class FitJob:
         try:
             with routed_warnings(note):
                 self.learn.fit_stages(
-                    self.plan if self.resume is None else self.resume, listeners=listeners
+                    self.plan if self.resume is None else self.resume,
+                    listeners=listeners,
+                    procs=self.procs,
                 )
         finally:
             refresh_panels(self.learn)

@@ -164,6 +164,12 @@ class NbtrainMagics(Magics):
     @argument("--iters", default="100", metavar="N", help="mini-batches in the sweep (default 100)")
     @argument("--seed", default=None, metavar="N", help="seed the sweep, for a repeatable curve")
     @argument(
+        "--procs",
+        default=None,
+        metavar="N",
+        help="the range test runs in one process; N > 1 says why in one line",
+    )
+    @argument(
         "--into",
         default="lr",
         metavar="NAME",
@@ -197,7 +203,12 @@ class NbtrainMagics(Magics):
         sweep = show.SweepProgress(iters or 0) if widgets else None
         try:
             result = learn.lr_find(
-                start, float(end), iters, seed=seed, on_step=sweep.on_step if sweep else None
+                start,
+                float(end),
+                iters,
+                seed=seed,
+                on_step=sweep.on_step if sweep else None,
+                procs=args.procs,
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -280,6 +291,18 @@ class NbtrainMagics(Magics):
         "cycles; --cycles is then the most epochs), keeping the best epoch's weights",
     )
     @argument(
+        "--procs",
+        default=None,
+        metavar="N",
+        help="train on N worker processes with torch.distributed (one per GPU on CUDA, gloo "
+        "on the CPU); auto: every GPU. The global batch is N x bs",
+    )
+    @argument(
+        "--scale-lr",
+        action="store_true",
+        help="with --procs N: multiply every rate by N, for the N x larger global batch",
+    )
+    @argument(
         "--resume",
         nargs="?",
         const="",
@@ -315,6 +338,12 @@ class NbtrainMagics(Magics):
         curve and a table per epoch; its Stop button ends training at the next batch
         boundary (later stages do not run). Without widgets: one line per epoch.
 
+        --procs N trains the same stages on N worker processes (torch.distributed: one
+        GPU each on CUDA, gloo on the CPU), each on its part of every global batch of
+        N x bs; the display, the table and Stop work as in one process, and the learner
+        holds the result. A worker that fails ends every rank, and leaves the learner as
+        it was: --procs 2 on a model class defined in the notebook works too.
+
         While it runs, resumable checkpoints go to models/resume (learn.checkpoint_dir).
         After a Stop, an interrupt, an error or a dead kernel (rebuild the learner as
         before first), go on from where it stopped, on the same curve:
@@ -334,19 +363,25 @@ class NbtrainMagics(Magics):
         """Parse the line and cell, plan every stage on the learner (which checks them)
         and display the view: nothing runs yet."""
         args = self._parse(self.fit_cycles, line)
-        point = None
+        point, procs = None, None
         if args.resume is not None:
             learn, point = self.parse_resume(args, line, cell)
             plan = point.plan
         else:
             learn, wheres, stages = self.parse_fit(line, cell)
+            if args.procs is not None:  # a number, an expression, or auto
+                procs = "auto" if args.procs == "auto" else self._ev(args.procs, "--procs")
             try:
-                plan = learn.plan_stages(stages)
+                plan = learn.plan_stages(stages, procs=procs, scale_lr=args.scale_lr)
             except StageError as exc:
                 raise UsageError(f"{wheres[exc.index]}: {exc.reason}") from None
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         view, handle, listeners = show.fit_progress(plan, learn, widgets=self._widgets())
         self.last["fit_cycles"] = view
-        return FitJob(learn, plan, view, handle, listeners=listeners, resume=point)
+        job = FitJob(learn, plan, view, handle, listeners=listeners, resume=point)
+        job.procs = procs
+        return job
 
     def parse_resume(
         self, args: Any, line: str, cell: str | None

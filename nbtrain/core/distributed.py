@@ -45,9 +45,10 @@ import queue as queue_module
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -194,6 +195,7 @@ def run(
     *,
     procs: int,
     listeners: Sequence[object] = (),
+    on_start: Callable[[], None] = lambda: None,
 ) -> list[TrainState]:
     """Train ``plan`` (planned with this learner's ``Shard(0, procs)``) on ``procs`` worker
     processes and put the result into ``learn`` (see the module doc). Returns the stages'
@@ -206,10 +208,12 @@ def run(
         raise ValueError(f"procs works on CUDA (NCCL) and the CPU (gloo), not on {device.type}")
     gpus = _gpus(procs) if device.type == "cuda" else []
     learner_bytes = check_sendable(learn)
+    on_start()
     threads = max(1, (os.cpu_count() or 1) // procs) if device.type == "cpu" else 1
     folder = Path(tempfile.mkdtemp(prefix="nbtrain-procs-"))
     unsubscribe = [learn.events.subscribe(listener) for listener in listeners]
     workers: list[Any] = []
+    learn._run_stop = threading.Event()  # learn.request_stop() (the Stop button) sets it
     try:
         job = folder / "job.pkl"
         stages = list(plan.stages)
@@ -235,6 +239,7 @@ def run(
         return apply_result(learn, plan, result)
     finally:
         _end(workers)
+        learn._run_stop, learn._running = None, None
         for undo in unsubscribe:
             undo()
         shutil.rmtree(folder, ignore_errors=True)
@@ -293,6 +298,7 @@ def _follow(learn: Learner, workers: list[Any], messages: Any, stop: Any) -> dic
                     raise DistributedError(f"rank {rank} failed: {body}")
                 if kind == "event":
                     name, state = body[0], mirror.update(pickle.loads(body[1]))
+                    learn._running = state
                     learn.events.emit(name, state)
                 elif kind == "done":
                     result = torch.load(body, weights_only=True)

@@ -499,10 +499,25 @@ class Learner:
         """The SGDR schedule ``fit_cycles`` would follow (draw it before training)."""
         return self.plan_stages([Stage(lr, cycles, cycle_len, cycle_mult)]).schedules[0]
 
-    def plan_stages(self, stages: Sequence[Stage]) -> Plan:
+    def plan_stages(
+        self, stages: Sequence[Stage], *, procs: int | str | None = None, scale_lr: bool = False
+    ) -> Plan:
         """Check every stage against this learner and plan its schedule (nothing runs,
-        nothing changes); see :func:`nbtrain.core.stages.plan_stages`."""
-        return plan_stages(self, stages)
+        nothing changes); see :func:`nbtrain.core.stages.plan_stages`. With ``procs=N``:
+        as N processes will run it (each its part of every global batch of N x bs;
+        ``scale_lr`` multiplies every rate by N)."""
+        n = resolve_procs(procs)
+        if scale_lr and n == 1:
+            raise ValueError("scale_lr multiplies the rates by procs; give procs=N (N >= 2)")
+        if n == 1:
+            return plan_stages(self, stages)
+        if scale_lr:
+            stages = [replace(s, lr=tuple(n * lr for lr in self.resolve_lrs(s.lr))) for s in stages]
+        self._shard = Shard(0, n)  # every rank has as many batches as rank 0
+        try:
+            return plan_stages(self, stages)
+        finally:
+            self._shard = None
 
     def fit_cycles(
         self,
@@ -720,29 +735,29 @@ class Learner:
                 "save_snapshots works in one process; after a fit with procs, "
                 "learn.snapshots holds every cycle end (learn.load_snapshot, then save)"
             )
-        if procs == 1:
-            raise ValueError("scale_lr multiplies the rates by procs; give procs=N (N >= 2)")
-        stages = list(stages.stages if isinstance(stages, Plan) else stages)
-        if scale_lr:
-            stages = [
-                replace(s, lr=tuple(procs * lr for lr in self.resolve_lrs(s.lr))) for s in stages
-            ]
-        self._shard = Shard(0, procs)  # plan as every rank will: its part of each global batch
-        try:
-            plan = self.plan_stages(stages)
-        finally:
-            self._shard = None
+        if isinstance(stages, Plan):  # planned with plan_stages(..., procs=, scale_lr=)
+            if scale_lr:
+                raise ValueError("a plan's rates are set when it is planned: plan it with scale_lr")
+            plan = stages
+            if self.plan_stages(plan.stages, procs=procs) != plan:
+                raise ValueError(
+                    f"the plan does not fit {procs} processes on this learner; plan the stages "
+                    "with plan_stages(stages, procs=...)"
+                )
+        else:
+            plan = self.plan_stages(stages, procs=procs, scale_lr=scale_lr)
         bs = batch_size(self.data, self.data.train)
-        warnings.warn(
+        note = (
             f"{procs} processes ({'NCCL' if self.device.type == 'cuda' else 'gloo'}): the global "
             f"batch is {procs} x {bs} = {procs * bs}"
-            + ("; every rate multiplied by " + str(procs) if scale_lr else ""),
-            ProcsNote,
-            stacklevel=user_stacklevel(),
+            + ("; every rate multiplied by " + str(procs) if scale_lr else "")
         )
         from nbtrain.core import distributed
 
-        return distributed.run(self, plan, procs=procs, listeners=listeners)
+        def tell() -> None:  # once the learner is known to reach the workers
+            warnings.warn(note, ProcsNote, stacklevel=user_stacklevel())
+
+        return distributed.run(self, plan, procs=procs, listeners=listeners, on_start=tell)
 
     def _fit_index(self, run: str, stage: int) -> int:
         """Where a stage's state goes in ``fits``: in place of the same run's stage that
@@ -862,6 +877,7 @@ class Learner:
         stop_factor: float = 4.0,
         seed: int | None = None,
         on_step: Callable[[int, float, float], None] | None = None,
+        procs: int | str | None = None,
     ) -> LRRangeResult:
         """The LR range test (Smith, arXiv:1506.01186); the learner is left exactly as it was.
 
@@ -869,7 +885,15 @@ class Learner:
         sweep, for differential rates); the last group's rate goes from ``start`` to
         ``end`` exponentially over ``iters`` steps. Returns an :class:`LRRangeResult`;
         ``.suggestion`` is the middle of the longest falling stretch of the loss.
+
+        It runs in this process: ``procs`` other than 1 is an error that says why.
         """
+        if resolve_procs(procs) > 1:
+            raise ValueError(
+                "lr_find runs in one process: its few dozen batches would take less time "
+                "than starting workers, and its rate holds for N processes at the same "
+                "per-process batch (fit with procs=N; scale_lr=True for the N x larger batch)"
+            )
         if isinstance(iters, bool) or not isinstance(iters, int) or iters < 2:
             raise ValueError(f"iters must be an integer >= 2, got {iters!r}")
         starts = self.resolve_lrs(start)
