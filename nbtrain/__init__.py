@@ -13,6 +13,7 @@ from nbtrain.core import (
     seed_everything,
     spread_lrs,
 )
+from nbtrain.core.distributed import load_result, save_job
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,8 @@ __all__ = [
     "__version__",
     "accuracy",
     "load_model",
+    "load_result",
+    "save_job",
     "seed_everything",
     "spread_lrs",
 ]

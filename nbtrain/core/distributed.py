@@ -72,6 +72,10 @@ TIMEOUT_S = 120  # a collective that waits longer than this has lost a rank
 STOP_GRACE_S = 60.0  # after a Stop or interrupt, how long the ranks get to finish a batch
 
 
+RESULT_FORMAT = "nbtrain-procs-result"
+JOB_FORMAT = "nbtrain-procs-job"
+
+
 class DistributedError(RuntimeError):
     """A worker of a distributed fit failed; the message names the rank and the error."""
 
@@ -389,6 +393,9 @@ def plain_result(learn: Learner, states: Sequence[TrainState], first_snapshot: i
     generator = loader_generator(learn.data.train)
     new = learn.snapshots[first_snapshot:]
     return {
+        "format": RESULT_FORMAT,
+        "world": dist.get_world_size() if dist.is_initialized() else 1,
+        "stages": [state.plan.stages[state.stage].as_dict() for state in states if state.plan],
         "learner": learner_state(learn),
         "generator": generator.get_state() if generator is not None else None,
         "states": [
@@ -571,3 +578,77 @@ def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+# ------------------------------------------------------------- torchrun: a saved job
+def save_job(learn: Learner, stages: Sequence[Any], path: str | os.PathLike) -> Path:
+    """Write ``learn`` and ``stages`` for ``python -m nbtrain.launch`` under ``torchrun``
+    (several machines, or GPUs the notebook does not see). ValueError, before anything is
+    written, for stages that do not fit the learner or parts that cannot be sent."""
+    import cloudpickle
+
+    from nbtrain.core.resume import RNGStates
+
+    stages = list(stages)
+    learn.plan_stages(stages)  # checked here, not on the cluster
+    job = {
+        "format": JOB_FORMAT,
+        "learner": check_sendable(learn),
+        "stages": [stage.as_dict() for stage in stages],
+        "rng": RNGStates.capture(),
+    }
+    path = Path(path)
+    path.write_bytes(cloudpickle.dumps(job))
+    return path
+
+
+def load_result(learn: Learner, path: str | os.PathLike) -> list[TrainState]:
+    """Put a ``python -m nbtrain.launch`` job's result (rank 0's file) into ``learn``, as
+    after a fit with ``procs``; the file loads with ``weights_only=True``."""
+    from nbtrain.core.stages import Stage
+
+    result = torch.load(Path(path), weights_only=True)
+    if not isinstance(result, dict) or result.get("format") != RESULT_FORMAT:
+        raise ValueError(f"{path} is not the result of python -m nbtrain.launch")
+    stages = [Stage.from_dict(values) for values in result["stages"]]
+    plan = learn.plan_stages(stages, procs=result["world"])
+    return apply_result(learn, plan, result)
+
+
+def launch_main(job_path: str, out: str) -> int:
+    """One rank of a torchrun job (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
+    rendezvous come from torchrun's environment): train the job's stages; rank 0 writes
+    the result to ``out`` (atomically) and prints a line per epoch."""
+    from nbtrain.core.stages import Stage
+
+    with open(job_path, "rb") as f:
+        job = pickle.load(f)
+    if not isinstance(job, dict) or job.get("format") != JOB_FORMAT:
+        raise SystemExit(f"{job_path} is not a job written by nbtrain save_job")
+    learn = pickle.loads(job["learner"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if learn.device.type == "cuda":  # before CUDA starts: this rank's GPU is its only one
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[local % len(ids)]
+    job["rng"].restore(loader=False)
+    dist.init_process_group("nccl" if learn.device.type == "cuda" else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(
+        max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    )
+    if rank == 0:
+        from nbtrain.demo import EpochPrinter
+
+        learn.events.subscribe(EpochPrinter())
+    stages = [Stage.from_dict(values) for values in job["stages"]]
+    result = train_rank(learn, stages, rank, world)
+    if rank == 0:
+        target = Path(out)
+        partial = target.with_name(target.name + ".partial")
+        torch.save(result, partial)
+        os.replace(partial, target)
+        print(f"result: {target} (load it: nbtrain.load_result(learn, {str(target)!r}))")
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0

@@ -249,3 +249,29 @@ def test_what_cannot_reach_the_workers_is_named_before_any_starts(tmp_path):
     with pytest.raises(ValueError, match=r"^cannot send the learner's data to worker processes "):
         learn.fit_stages([Stage(0.1)], procs=2)
     assert learn.fits == []
+
+
+@pytest.mark.filterwarnings("ignore:2 processes")
+def test_a_saved_job_runs_under_torchrun_and_the_notebook_loads_its_result(tmp_path):
+    import subprocess
+    import sys
+
+    import nbtrain
+
+    one = make(32, tmp_path / "one")
+    one.fit_stages(STAGES)
+    two = make(16, tmp_path / "two")
+    job = nbtrain.save_job(two, STAGES, tmp_path / "run.job")
+    out = tmp_path / "result.pt"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command = [*torchrun, "-m", "nbtrain.launch", str(job), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "result: " in done.stdout and out.is_file()
+    states = nbtrain.load_result(two, out)
+    assert [s.status for s in states] == ["done", "done"] and two.fits == states
+    for name, tensor in model_state(one.model).items():
+        torch.testing.assert_close(model_state(two.model)[name], tensor, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"is not the result of python -m nbtrain\.launch"):
+        torch.save({"model": {}}, tmp_path / "other.pt")
+        nbtrain.load_result(two, tmp_path / "other.pt")
