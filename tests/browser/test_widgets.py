@@ -181,3 +181,51 @@ def test_lr_plot_freeze_panel_and_stop(jupyter_lab, page):
     shoot(page, progress, "progress-stopped.png")
     print(f"stopped at iteration {it} of {planned}, {it - int(stops[0])} batch(es) after the Stop "
           f"reached the learner, {stop_seconds:.2f} s after the click")
+
+
+PROCS_CELLS = [
+    # a model class of the notebook's own, made slow enough that the fit is still running
+    # when the test clicks Stop (each batch sleeps 50 ms on each rank)
+    "%load_ext nbtrain\n"
+    "import time, psutil, torch\n"
+    "from torch import nn\n"
+    "from torch.utils.data import DataLoader, TensorDataset\n"
+    "from nbtrain import DataLoaders, Learner\n"
+    "class Slow(nn.Module):\n"
+    "    def __init__(self):\n"
+    "        super().__init__()\n"
+    "        self.net = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 2))\n"
+    "    def forward(self, x):\n"
+    "        time.sleep(0.05)\n"
+    "        return self.net(x)\n"
+    "x = torch.rand(128, 2) * 2 - 1\n"
+    "y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long()\n"
+    "data = DataLoaders(DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True),\n"
+    "                   DataLoader(TensorDataset(x, y), batch_size=64))\n"
+    "learn = Learner(Slow(), data, device='cpu')",
+    "%fit_cycles learn --lr 1e-3 --cycles 500 --procs 2",
+    "state = learn.fits[-1]\n"
+    "workers = [p for p in psutil.Process().children(recursive=True)\n"
+    "           if any('spawn_main' in part for part in p.cmdline())]\n"
+    'print(f"STATUS={state.status} IT={state.it} PLANNED={state.total_iters} "\n'
+    '      f"WORKERS={len(workers)}")',
+]
+
+
+def test_stop_ends_a_two_process_fit(jupyter_lab, page):
+    name = write_notebook(jupyter_lab.root, "procs.ipynb", PROCS_CELLS)
+    open_notebook(page, jupyter_lab, name)
+    run_and_wait(page, 0)
+    run_cell(page, 1)
+    progress = output_area(page, 1).locator(".nbtrain-progress")
+    label = progress.locator(".nbtrain-progress-label")
+    expect(label, "the 2-process fit never reached epoch 3").to_have_text(
+        re.compile(r"^it \d+/\d+ · epoch ([3-9]|\d\d+)/"), timeout=120_000
+    )
+    progress.locator(".nbtrain-stop").click()
+    expect(progress.locator(".nbtrain-progress-status")).to_contain_text("stopped", timeout=30_000)
+    run_and_wait(page, 2)
+    report = output_text(page, 2)
+    assert value(report, "STATUS") == "stopped"
+    assert 0 < int(value(report, "IT")) < int(value(report, "PLANNED"))
+    assert value(report, "WORKERS") == "0"  # no rank outlives the cell

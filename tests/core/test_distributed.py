@@ -275,3 +275,22 @@ def test_a_saved_job_runs_under_torchrun_and_the_notebook_loads_its_result(tmp_p
     with pytest.raises(ValueError, match=r"is not the result of python -m nbtrain\.launch"):
         torch.save({"model": {}}, tmp_path / "other.pt")
         nbtrain.load_result(two, tmp_path / "other.pt")
+
+
+class InterruptAt:
+    """A kernel interrupt as the magics deliver it to a fit in a worker thread: a
+    KeyboardInterrupt from a listener before a batch."""
+
+    def on_batch_start(self, state) -> None:
+        if state.it >= 3:
+            raise KeyboardInterrupt("kernel interrupt")
+
+
+@pytest.mark.filterwarnings("ignore:2 processes")
+def test_an_interrupt_stops_every_rank_and_the_learner_keeps_where_they_stopped(tmp_path):
+    learn = make(16, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit_stages([Stage(0.001, cycles=200, seed=0)], procs=2, listeners=[InterruptAt()])
+    [state] = learn.fits
+    assert state.status == "interrupted" and 3 <= state.it < state.total_iters
+    assert learn.evaluate()["loss"] > 0  # usable at once
