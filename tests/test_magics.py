@@ -117,7 +117,7 @@ def test_load_registers_and_unload_removes(ip):
 def test_help_shows_the_usage(ip, capsys):
     ip.run_cell("%lr_find?")
     out = capsys.readouterr().out
-    assert "%lr_find [--start LR] [--end LR] [--iters N] [--seed N] [--into NAME]" in out
+    assert "%lr_find [--start LR] [--end LR] [--iters N] [--seed N] [--procs N]" in out
     assert "Run the LR range test" in out
     doc = ip.find_cell_magic("fit_cycles").__doc__
     assert "--cycle-mult M" in doc and "unfreeze lr=[lr/9, lr/3, lr]" in doc

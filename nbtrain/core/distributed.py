@@ -70,6 +70,11 @@ START_METHOD = "spawn"  # see the module doc: fork is unsafe after torch ran in 
 EVENT_INTERVAL_S = 0.1  # rank 0 sends batch events at most this often
 TIMEOUT_S = 120  # a collective that waits longer than this has lost a rank
 STOP_GRACE_S = 60.0  # after a Stop or interrupt, how long the ranks get to finish a batch
+# After the first sign of a failure, how long to wait for its cause to show: a rank killed
+# by kill -9 is often reported first by a peer whose collective lost its connection.
+ERROR_SETTLE_S = 1.0
+PEER_LOST = ("Connection reset", "Connection closed", "connection closed", "Broken pipe",
+             "NCCL communicator was aborted", "recvBytes", "Read error", "Write error")  # fmt: skip
 
 
 RESULT_FORMAT = "nbtrain-procs-result"
@@ -284,23 +289,23 @@ def _follow(learn: Learner, workers: list[Any], messages: Any, stop: Any) -> dic
     interrupt (then re-raised once the ranks have stopped) or a failed rank."""
     mirror = _Mirror()
     result: dict[str, Any] | None = None
-    interrupted = False
-    deadline = math.inf
+    errors: list[tuple[int, str]] = []
+    failed_at = interrupted_at = math.inf
     while True:
         try:
             message = messages.get(timeout=0.2)
         except queue_module.Empty:
             message = None
         except KeyboardInterrupt:
-            interrupted, deadline = True, time.monotonic() + STOP_GRACE_S
+            interrupted_at = min(interrupted_at, time.monotonic())
             stop.set()
             continue
         try:
             if message is not None:
                 kind, rank, body = message
                 if kind == "error":
-                    raise DistributedError(f"rank {rank} failed: {body}")
-                if kind == "event":
+                    errors.append((rank, body))
+                elif kind == "event":
                     name, state = body[0], mirror.update(pickle.loads(body[1]))
                     learn._running = state
                     learn.events.emit(name, state)
@@ -310,27 +315,39 @@ def _follow(learn: Learner, workers: list[Any], messages: Any, stop: Any) -> dic
                 mirror.stop_requested()
             ):
                 stop.set()
-            failed = _failed(workers)
-            if failed is not None and not (result is not None and failed[1] == 0):
-                raise DistributedError(f"rank {failed[0]} {_exit_words(failed[1])}")
-            if all(w.exitcode is not None for w in workers) and messages.empty():
+            codes = [w.exitcode for w in workers]
+            if errors or any(code not in (None, 0) for code in codes):
+                failed_at = min(failed_at, time.monotonic())
+                if time.monotonic() - failed_at >= ERROR_SETTLE_S or all(
+                    code is not None for code in codes
+                ):
+                    raise DistributedError(_failure(errors, codes))
+            elif all(code is not None for code in codes) and messages.empty():
                 if result is None:
                     raise DistributedError("the workers ended without a result")
-                if interrupted:
+                if interrupted_at < math.inf:
                     result["interrupted"] = True
                 return result
-            if time.monotonic() > deadline:
+            if time.monotonic() - interrupted_at > STOP_GRACE_S:
                 raise DistributedError("the ranks did not stop within a minute of the interrupt")
         except KeyboardInterrupt:  # from a listener (a kernel interrupt in a worker thread)
-            interrupted, deadline = True, time.monotonic() + STOP_GRACE_S
+            interrupted_at = min(interrupted_at, time.monotonic())
             stop.set()
 
 
-def _failed(workers: list[Any]) -> tuple[int, int] | None:
-    for rank, process in enumerate(workers):
-        if process.exitcode not in (None, 0):
-            return rank, process.exitcode
-    return None
+def _failure(errors: list[tuple[int, str]], codes: list[int | None]) -> str:
+    """The line for a failed fit, naming its cause: a rank killed by a signal, else the
+    first error that is not a peer's lost connection (what the other ranks see when one
+    fails in a collective), else the first error, else a rank's exit code."""
+    for rank, code in enumerate(codes):
+        if code is not None and code < 0:
+            return f"rank {rank} {_exit_words(code)}"
+    own = [(r, e) for r, e in errors if not any(m in e for m in PEER_LOST)]
+    if own or errors:
+        rank, error = (own or errors)[0]
+        return f"rank {rank} failed: {error}"
+    rank, code = next((r, c) for r, c in enumerate(codes) if c not in (None, 0))
+    return f"rank {rank} {_exit_words(code or 0)}"
 
 
 def _exit_words(code: int) -> str:

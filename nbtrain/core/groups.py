@@ -219,14 +219,17 @@ def set_batchnorm_modes(
 
     Called after ``model.train()``. With ``train_bn=True`` BatchNorm layers of frozen
     groups keep training mode (fastai v2's default); their affine weights stay frozen.
-    With ``freeze_all=True`` every BatchNorm layer uses and keeps its running statistics,
-    trainable groups included (fastai 0.7's ``bn_freeze``): fine-tuning a pretrained
-    body on small batches of a small data set can otherwise drag those statistics away
-    from what the body was trained with.
+    With ``freeze_all=True`` every BatchNorm layer before the last group (the head) uses
+    and keeps its running statistics, trainable groups included (fastai 0.7's
+    ``bn_freeze``): fine-tuning a pretrained body on small batches of a small data set can
+    otherwise drag those statistics away from what the body was trained with. A head's
+    BatchNorm (the mlp head's) is new: its statistics are this data's and keep following
+    it (fixed, they broke the checklist's larger last size: loss 30x).
     """
     if not training:
         return
-    for group in groups:
-        if freeze_all or (not group.trainable and not train_bn):
+    last = len(groups) - 1
+    for i, group in enumerate(groups):
+        if (freeze_all and i < last) or (not group.trainable and not train_bn):
             for bn in group.batchnorms():
                 bn.eval()

@@ -327,9 +327,10 @@ class Learner:
         G.set_trainable(self.groups[group], bool(trainable))
 
     def bn_freeze(self, frozen: bool = True) -> None:
-        """Keep every BatchNorm layer's running statistics fixed, trainable groups too
-        (fastai 0.7's ``bn_freeze``). Useful when fine-tuning a pretrained body on small
-        batches: updating the statistics from them can cost more than training gains."""
+        """Keep the running statistics of every BatchNorm layer before the head fixed,
+        trainable groups too (fastai 0.7's ``bn_freeze``). Useful when fine-tuning a
+        pretrained body on small batches: updating the statistics from them can cost more
+        than training gains. A BatchNorm in the head is new, and keeps learning them."""
         self.bn_frozen = bool(frozen)
 
     def resolve_lrs(self, lr: LR) -> tuple[float, ...]:

@@ -267,6 +267,24 @@ def test_bn_freeze_keeps_running_statistics_in_trainable_groups(learn):
     assert not torch.equal(after["0.1.running_mean"], model_state(learn.model)["0.1.running_mean"])
 
 
+def test_bn_freeze_leaves_a_new_heads_batchnorm_learning_this_datas_statistics(data, tmp_path):
+    # The mlp head's BatchNorm is new: fixed, its statistics from one image size broke the
+    # checklist's last, larger size (training loss x30)
+    model = nn.Sequential(
+        nn.Sequential(nn.Linear(2, 32), nn.BatchNorm1d(32), nn.ReLU()),
+        nn.Sequential(nn.Linear(32, 32), nn.ReLU()),
+        nn.Sequential(nn.BatchNorm1d(32), nn.Linear(32, 2)),
+    )
+    learn = Learner(model, data, device="cpu", path=tmp_path)
+    learn.unfreeze()
+    learn.bn_freeze()
+    before = model_state(learn.model)
+    learn.fit_cycles(0.1)
+    after = model_state(learn.model)
+    assert torch.equal(before["0.1.running_mean"], after["0.1.running_mean"])  # the body's: kept
+    assert not torch.equal(before["2.0.running_mean"], after["2.0.running_mean"])  # the head's
+
+
 def test_nothing_trains_is_refused_before_anything_changes(learn):
     with pytest.raises(ValueError, match=r"at least the last group must train"):
         learn.freeze_to(3)
