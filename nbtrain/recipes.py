@@ -49,8 +49,9 @@ class Checklist:
         Step 3 ends after this many epochs without a lower validation loss, the best
         epoch's weights kept (``Stage.patience``); None: all ``head_cycles``. An epoch on
         cached activations costs milliseconds, so the head trains to convergence: two
-        fixed epochs were the 2018 course's budget for a GPU epoch over images, and left a
-        head on five cat breeds at 64% where it converges at 71%.
+        fixed epochs were the 2018 course's budget for a GPU epoch over images. On the
+        fine-grained ELPV cells a random head took 10 to 38 epochs to converge
+        (``bench/head_form.py``).
     aug_cycles
         Step 4: one-epoch cycles of the head on augmented images (precompute off).
     lr_find_epochs
