@@ -31,8 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("job", help="the file nbtrain.save_job wrote")
     parser.add_argument("--out", default="result.pt", help="where rank 0 writes the result")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cuda", "cpu"),
+        help="auto: GPU LOCAL_RANK when the machine has GPUs, else the CPU (default)",
+    )
     args = parser.parse_args(argv)
-    return launch_main(args.job, args.out)
+    return launch_main(args.job, args.out, args.device)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import io
 import math
 import multiprocessing
 import os
@@ -68,11 +69,15 @@ if TYPE_CHECKING:
 
 START_METHOD = "spawn"  # see the module doc: fork is unsafe after torch ran in the kernel
 EVENT_INTERVAL_S = 0.1  # rank 0 sends batch events at most this often
-TIMEOUT_S = 120  # a collective that waits longer than this has lost a rank
+# A collective that waits longer than this has lost a rank. The notebook's process ends
+# the fit at once when a rank fails, so this only bounds what it cannot see.
+TIMEOUT_S = 1800
 STOP_GRACE_S = 60.0  # after a Stop or interrupt, how long the ranks get to finish a batch
 # After the first sign of a failure, how long to wait for its cause to show: a rank killed
 # by kill -9 is often reported first by a peer whose collective lost its connection.
 ERROR_SETTLE_S = 1.0
+END_GRACE_S = 30.0  # once rank 0's result is in, how long the ranks get to leave
+PARTS = ("model", "data", "loss_fn", "metrics", "opt_func")
 PEER_LOST = ("Connection reset", "Connection closed", "connection closed", "Broken pipe",
              "NCCL communicator was aborted", "recvBytes", "Read error", "Write error")  # fmt: skip
 
@@ -142,6 +147,34 @@ class Shard:
 
     rank: int
     world: int
+    device: torch.device | str = "cpu"
+    marks: str | None = None  # the folder where rank 0 marks each activation cache it built
+
+    def all_finite(self, finite: bool) -> bool:
+        """Whether every rank's loss is finite (an all-reduce: call it on every rank)."""
+        flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
+    def share_features(self, learn: Learner) -> None:
+        """precompute: rank 0 builds the activation cache (or reads it from disk) before
+        the others read it from disk, so no rank computes what another did. It waits on a
+        file, not a collective: a long build must not run into the group's timeout.
+        Building draws from no rank's random stream, so the ranks' shuffling stays alike.
+        Without a disk cache every rank builds its own."""
+        with torch.random.fork_rng(devices=[]):
+            if learn.feature_cache.directory is None or self.world == 1:
+                learn.features()
+                return
+            key = learn.feature_cache.key(learn.model.body, learn._feature_parts())  # type: ignore[arg-type]
+            marker = Path(self.marks or tempfile.gettempdir()) / f"cache-{key}.done"
+            if self.rank == 0:
+                learn.features()
+                marker.touch()
+                return
+            while not marker.exists():
+                time.sleep(0.1)
+            learn.features()
 
     def loader(self, loader: DataLoader, bs: int) -> DataLoader:
         """``loader``'s data, this rank's part of each global batch; same workers,
@@ -183,19 +216,54 @@ class Job:
 
 
 def check_sendable(learn: Learner) -> bytes:
-    """The learner pickled for the workers; ValueError naming what cannot be sent."""
+    """The learner as the workers receive it (``torch.save`` through cloudpickle, so its
+    tensors load onto whatever device a worker names); ValueError naming what cannot be
+    sent. Its earlier snapshots stay here: no rank needs them."""
     import cloudpickle
 
-    for name in ("model", "data", "loss_fn", "metrics", "opt_func"):
+    for name, value in learn.__getstate__().items():
+        if name == "snapshots":
+            continue
         try:
-            cloudpickle.dumps(getattr(learn, name))
+            cloudpickle.dumps(value)
         except Exception as exc:
+            what = name.removeprefix("_") if name in PARTS else f"attribute {name!r}"
             raise ValueError(
-                f"cannot send the learner's {name} to worker processes "
+                f"cannot send the learner's {what} to worker processes "
                 f"({type(exc).__name__}: {_line(exc)}); define it in a module or the "
                 "notebook without open files, locks or generators, or train in one process"
             ) from None
-    return cloudpickle.dumps(learn)
+    snapshots, learn.snapshots = learn.snapshots, []
+    try:
+        buffer = io.BytesIO()
+        torch.save(learn, buffer, pickle_module=cloudpickle)
+    finally:
+        learn.snapshots = snapshots
+    return buffer.getvalue()
+
+
+def load_learner(data: bytes, device: torch.device) -> Any:
+    """A learner from :func:`check_sendable`'s bytes, on ``device``."""
+    learn = torch.load(io.BytesIO(data), map_location=device, weights_only=False)  # our own
+    place(learn, device)
+    return learn
+
+
+def place(learn: Learner, device: torch.device) -> None:
+    """Put ``learn`` on ``device``: its model, optimizer state and mixed precision (the
+    device type's default: bfloat16 or float16 on CUDA, none on the CPU)."""
+    from nbtrain.core.stepper import amp_dtype
+
+    learn.model.to(device)
+    for values in learn.opt.state.values():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:  # a step count stays put
+                values[key] = value.to(device)
+    if torch.device(learn.device).type != device.type:
+        learn.dtype = amp_dtype(device, None)
+        use_scaler = learn.dtype == torch.float16
+        learn.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    learn.device = device
 
 
 def run(
@@ -290,7 +358,7 @@ def _follow(learn: Learner, workers: list[Any], messages: Any, stop: Any) -> dic
     mirror = _Mirror()
     result: dict[str, Any] | None = None
     errors: list[tuple[int, str]] = []
-    failed_at = interrupted_at = math.inf
+    failed_at = interrupted_at = result_at = math.inf
     while True:
         try:
             message = messages.get(timeout=0.2)
@@ -310,7 +378,7 @@ def _follow(learn: Learner, workers: list[Any], messages: Any, stop: Any) -> dic
                     learn._running = state
                     learn.events.emit(name, state)
                 elif kind == "done":
-                    result = torch.load(body, weights_only=True)
+                    result, result_at = torch.load(body, weights_only=True), time.monotonic()
             if (learn._run_stop is not None and learn._run_stop.is_set()) or (
                 mirror.stop_requested()
             ):
@@ -322,17 +390,23 @@ def _follow(learn: Learner, workers: list[Any], messages: Any, stop: Any) -> dic
                     code is not None for code in codes
                 ):
                     raise DistributedError(_failure(errors, codes))
+            elif result is not None and time.monotonic() - result_at > END_GRACE_S:
+                return _finished(result, interrupted_at)  # a rank stuck in its teardown
             elif all(code is not None for code in codes) and messages.empty():
                 if result is None:
                     raise DistributedError("the workers ended without a result")
-                if interrupted_at < math.inf:
-                    result["interrupted"] = True
-                return result
+                return _finished(result, interrupted_at)
             if time.monotonic() - interrupted_at > STOP_GRACE_S:
                 raise DistributedError("the ranks did not stop within a minute of the interrupt")
         except KeyboardInterrupt:  # from a listener (a kernel interrupt in a worker thread)
             interrupted_at = min(interrupted_at, time.monotonic())
             stop.set()
+
+
+def _finished(result: dict[str, Any], interrupted_at: float) -> dict[str, Any]:
+    if interrupted_at < math.inf:
+        result["interrupted"] = True
+    return result
 
 
 def _failure(errors: list[tuple[int, str]], codes: list[int | None]) -> str:
@@ -359,6 +433,7 @@ def _exit_words(code: int) -> str:
 
 def _end(workers: list[Any]) -> None:
     """No worker outlives the fit: terminate, then kill, whatever is still running."""
+    workers = [process for process in workers if process.pid is not None]  # started
     for process in workers:
         if process.exitcode is None:
             process.terminate()
@@ -391,6 +466,9 @@ def apply_result(learn: Learner, plan: Plan, result: dict[str, Any]) -> list[Tra
         state.history = [record(r) for r in done["history"]]
         state.it, state.status, state.message = done["it"], done["status"], done["message"]
         state.epoch, state.cycle = done["epoch"], done["cycle"]
+        state.loss, state.smooth_loss = done["loss"], done["smooth_loss"]
+        state.valid_loss, state.metrics = done["valid_loss"], dict(done["metrics"])
+        state.lrs, state.elapsed = tuple(done["lrs"]), done["elapsed"]
         learn.fits.append(state)
         states.append(state)
         for snap in done["snapshots"]:
@@ -424,6 +502,12 @@ def plain_result(learn: Learner, states: Sequence[TrainState], first_snapshot: i
                 "cycle": state.cycle,
                 "status": state.status,
                 "message": state.message,
+                "loss": state.loss,
+                "smooth_loss": state.smooth_loss,
+                "valid_loss": state.valid_loss,
+                "metrics": dict(state.metrics),
+                "lrs": list(state.lrs),
+                "elapsed": state.elapsed,
                 "history": [dataclasses.asdict(r) for r in state.history],
                 "snapshots": [
                     {
@@ -484,14 +568,21 @@ class _RankSync:
         self.stop, self.device = stop, device
 
     def on_batch_end(self, state: TrainState) -> None:
-        asked = self.stop is not None and self.stop.is_set()
+        asked = state.stop_requested or (self.stop is not None and self.stop.is_set())
         flag = torch.tensor([1.0 if asked else 0.0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item() > 0:
             state.request_stop()
 
     def on_epoch_end(self, state: TrainState) -> None:
+        # rank 0's validation figures for every rank (BatchNorm statistics and kernels
+        # may differ in the last bits), so that patience decides alike everywhere
         last = state.history[-1]
+        figures: list[Any] = [last.valid_loss, last.metrics]
+        dist.broadcast_object_list(figures, src=0)
+        valid_loss, metrics = figures
+        state.valid_loss, state.metrics = valid_loss, metrics
+        last = dataclasses.replace(last, valid_loss=valid_loss, metrics=metrics)
         loss = torch.tensor([last.train_loss], dtype=torch.float64, device=self.device)
         dist.all_reduce(loss)
         state.history[-1] = dataclasses.replace(
@@ -502,6 +593,9 @@ class _RankSync:
 def worker_main(rank: int, world: int, folder: str, messages: Any, stop: Any) -> None:
     """One rank: join the group, train the plan on this rank's shard, rank 0 writes the
     result. Any failure is sent to the notebook as one line, and the process exits 1."""
+    # A kernel interrupt (SIGINT to the kernel's process group) must reach the notebook's
+    # process only: it asks the ranks to stop, all at the same batch.
+    os.setpgrp()
     _die_with_parent()
     try:
         with open(Path(folder) / "job.pkl", "rb") as f:
@@ -509,8 +603,8 @@ def worker_main(rank: int, world: int, folder: str, messages: Any, stop: Any) ->
         if job.gpus:  # before anything touches CUDA: this rank's GPU is its only one
             os.environ["CUDA_VISIBLE_DEVICES"] = job.gpus[rank]
         torch.set_num_threads(job.threads)
-        with open(Path(folder) / "learner.pkl", "rb") as f:
-            learn = pickle.load(f)
+        device = torch.device("cuda", 0) if job.gpus else torch.device("cpu")
+        learn = load_learner((Path(folder) / "learner.pkl").read_bytes(), device)
         job.rng.restore(loader=False)
         backend = "nccl" if learn.device.type == "cuda" else "gloo"
         dist.init_process_group(
@@ -520,7 +614,9 @@ def worker_main(rank: int, world: int, folder: str, messages: Any, stop: Any) ->
             world_size=world,
             timeout=timedelta(seconds=job.timeout_s),
         )
-        result = train_rank(learn, job.stages, rank, world, messages=messages, stop=stop)
+        result = train_rank(
+            learn, job.stages, rank, world, messages=messages, stop=stop, marks=folder
+        )
         if rank == 0:
             path = Path(folder) / "result.pt"
             torch.save(result, path)
@@ -544,16 +640,16 @@ def train_rank(
     *,
     messages: Any = None,
     stop: Any = None,
+    marks: str | None = None,
 ) -> dict[str, Any] | None:
     """Train ``stages`` as rank ``rank`` of ``world`` (the process group is up); rank 0
     returns what the notebook's learner takes back (:func:`apply_result`)."""
-    learn._shard = Shard(rank, world)
+    learn._shard = Shard(rank, world, learn.device, marks)
     learn.checkpoint_dir = False  # the notebook's learner keeps the result, not the ranks
     listeners: list[object] = [_RankSync(stop, learn.device)]
     if rank == 0 and messages is not None:
         listeners.append(_Forward(messages))
     first_snapshot = len(learn.snapshots)
-    _share_cache(learn, stages[0], rank)
     states = learn.fit_stages(stages, listeners=listeners)
     return plain_result(learn, states, first_snapshot) if rank == 0 else None
 
@@ -572,22 +668,6 @@ def learner_state(learn: Learner) -> dict[str, Any]:
         "size": getattr(data, "size", None) if learn.can_resize() else None,
         "data_seed": getattr(data, "seed", None),
     }
-
-
-def _share_cache(learn: Learner, first: Any, rank: int) -> None:
-    """precompute: rank 0 builds the activation cache (or reads it from disk) before the
-    others read it from disk, so no rank computes what another did. Without a disk cache
-    every rank computes its own."""
-    precompute = first.precompute if first.precompute is not None else learn.precompute
-    if not (precompute and learn.body_frozen and learn.precompute_unsupported() is None):
-        return
-    if first.size is not None:  # the first stage's size is what its cache is keyed by
-        learn.set_size(first.size)
-    if rank == 0:
-        learn.features()
-    dist.barrier()
-    if rank != 0:
-        learn.features()
 
 
 def _die_with_parent() -> None:
@@ -632,24 +712,26 @@ def load_result(learn: Learner, path: str | os.PathLike) -> list[TrainState]:
     return apply_result(learn, plan, result)
 
 
-def launch_main(job_path: str, out: str) -> int:
+def launch_main(job_path: str, out: str, device: str = "auto") -> int:
     """One rank of a torchrun job (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
     rendezvous come from torchrun's environment): train the job's stages; rank 0 writes
-    the result to ``out`` (atomically) and prints a line per epoch."""
+    the result to ``out`` (atomically) and prints a line per epoch. ``device``: ``"auto"``
+    (this machine's GPU ``LOCAL_RANK`` when it has GPUs, else the CPU), ``"cuda"`` or
+    ``"cpu"``, whatever the notebook trained on."""
     from nbtrain.core.stages import Stage
 
     with open(job_path, "rb") as f:
         job = pickle.load(f)
     if not isinstance(job, dict) or job.get("format") != JOB_FORMAT:
         raise SystemExit(f"{job_path} is not a job written by nbtrain save_job")
-    learn = pickle.loads(job["learner"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if learn.device.type == "cuda":  # before CUDA starts: this rank's GPU is its only one
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
-        os.environ["CUDA_VISIBLE_DEVICES"] = ids[local % len(ids)]
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if kind == "cuda":
+        torch.cuda.set_device(local)
+    where = torch.device("cuda", local) if kind == "cuda" else torch.device(kind)
+    learn = load_learner(job["learner"], where)
     job["rng"].restore(loader=False)
-    dist.init_process_group("nccl" if learn.device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if kind == "cuda" else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(
         max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world)))

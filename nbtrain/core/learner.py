@@ -383,17 +383,19 @@ class Learner:
     @on_main_arena
     def features(self) -> Features:
         """The cached body activations for the current data, body and size (computed if
-        needed; from memory or disk otherwise)."""
+        needed; from memory or disk otherwise). Building them leaves the random streams
+        alone: a fit goes the same way whether it built them or found them."""
         data = self._cacheable()
-        return self.feature_cache.get(
-            self._body_head().body,
-            fix=data.fix,
-            valid=self.data.valid,
-            parts=self._feature_parts(),
-            device=self.device,
-            autocast=self._stepper().autocast,
-            channels_last=self.channels_last,
-        )
+        with torch.random.fork_rng(devices=[]):  # the loaders' base seeds come from it
+            return self.feature_cache.get(
+                self._body_head().body,
+                fix=data.fix,
+                valid=self.data.valid,
+                parts=self._feature_parts(),
+                device=self.device,
+                autocast=self._stepper().autocast,
+                channels_last=self.channels_last,
+            )
 
     def _cacheable(self) -> Cacheable:
         reason = self._precompute_unsupported()
@@ -455,6 +457,7 @@ class Learner:
             channels_last=self.channels_last,
             freeze_bn=self.bn_frozen,
             validation=self._validation,
+            all_finite=self._shard.all_finite if self._shard is not None else None,
         )
 
     def _training_inputs(self) -> tuple[nn.Module, Any, Any]:
@@ -463,6 +466,8 @@ class Learner:
         of a distributed fit: that module wrapped by DDP, and this rank's batches."""
         bs = batch_size(self.data, self.data.train)
         if self.uses_cache:
+            if self._shard is not None:
+                self._shard.share_features(self)
             train, valid = self.features().loaders(bs)
             model: nn.Module = self._body_head().head
         else:

@@ -90,6 +90,9 @@ class Stepper:
     # Called at the start of each validation pass: (module, batches) to run instead of
     # ``model`` over the loader given, e.g. the head over cached activations.
     validation: Callable[[], tuple[nn.Module, Any] | None] | None = None
+    # In a rank of a distributed fit: whether every rank's loss is finite (one
+    # all-reduce), so that all skip the backward pass, and its all-reduce, together.
+    all_finite: Callable[[bool], bool] | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:
@@ -124,7 +127,10 @@ class Stepper:
         self.set_lrs(lrs)
         loss = self.forward_loss(batch)
         value = loss.item()  # one sync per step; the smoothed loss and NaN check need it
-        if not math.isfinite(value):
+        finite = math.isfinite(value)
+        if self.all_finite is not None and not self.all_finite(finite):
+            return value if not finite else math.nan  # another rank's loss diverged
+        if not finite:
             return value
         opt = self.optimizer
         if self.scaler is not None:

@@ -3,6 +3,8 @@ ends; Stop, a failing rank and a killed rank end every rank; nothing is left run
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -125,11 +127,15 @@ def test_a_cached_head_trains_alike_and_the_cache_is_built_once(tmp_path):
         learn.freeze()
         return learn
 
+    # no seed: the ranks shuffle alike from the notebook's random state, whether the
+    # cache was built (rank 0) or read from disk (rank 1)
+    torch.manual_seed(7)
     one = make_cached(32, tmp_path / "one")
     body = model_state(one.model.body)
-    one.fit_stages([Stage(0.1, cycles=2, seed=1)])
+    one.fit_stages([Stage(0.1, cycles=2)])
+    torch.manual_seed(7)
     two = make_cached(16, tmp_path / "two")
-    two.fit_stages([Stage(0.1, cycles=2, seed=1)], procs=2)
+    two.fit_stages([Stage(0.1, cycles=2)], procs=2)
     assert_same_state(model_state(two.model.body), body)  # the body stayed frozen
     for name, tensor in model_state(one.model).items():
         torch.testing.assert_close(model_state(two.model)[name], tensor, atol=1e-6, rtol=0)
@@ -294,3 +300,56 @@ def test_an_interrupt_stops_every_rank_and_the_learner_keeps_where_they_stopped(
     [state] = learn.fits
     assert state.status == "interrupted" and 3 <= state.it < state.total_iters
     assert learn.evaluate()["loss"] > 0  # usable at once
+
+
+class NaNOnRank1(nn.Module):
+    """A loss that is not finite on rank 1 only, at its third training step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net, self.calls = make_mlp(), 0
+
+    def forward(self, x):
+        import torch.distributed as dist
+
+        out = self.net(x)
+        if self.training:
+            self.calls += 1
+            if dist.is_initialized() and dist.get_rank() == 1 and self.calls == 3:
+                return out * float("nan")
+        return out
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_loss_diverging_on_one_rank_ends_every_rank_diverged(tmp_path):
+    learn = make(16, tmp_path, NaNOnRank1())
+    started = time.monotonic()
+    [state] = learn.fit_stages([Stage(0.1, cycles=3, seed=0)], procs=2)
+    assert state.status == "diverged" and time.monotonic() - started < 60
+    assert all(torch.isfinite(v).all() for v in model_state(learn.model).values())
+
+
+class SigintToTheNotebook:
+    """The kernel's SIGINT, once the ranks train: it reaches the notebook's process, not
+    the ranks (they run in a process group of their own)."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    def on_batch_end(self, state) -> None:
+        if not self.sent and state.it >= 2:
+            self.sent = True
+            ranks = rank_processes()
+            assert ranks and all(os.getpgid(p.pid) != os.getpgrp() for p in ranks)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.filterwarnings("ignore:2 processes")
+def test_a_real_sigint_stops_every_rank_at_one_batch(tmp_path):
+    learn = make(16, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit_stages(
+            [Stage(0.001, cycles=200, seed=0)], procs=2, listeners=[SigintToTheNotebook()]
+        )
+    [state] = learn.fits
+    assert state.status == "interrupted" and 2 <= state.it < state.total_iters
