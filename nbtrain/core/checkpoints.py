@@ -135,15 +135,7 @@ def payload(
         "iters_per_epoch": [s.iters_per_epoch for s in plan.schedules],
         "position": position.as_dict(),
         "histories": histories[: index + 1],
-        "model": learn.model.state_dict(),
-        "optimizer": learn.opt.state_dict(),
-        "opt": learn.opt_name,
-        "scaler": learn.scaler.state_dict() if learn.scaler is not None else None,
-        "trainable": learn.trainable,
-        "bn_frozen": learn.bn_frozen,
-        "precompute": learn.precompute,
-        "size": getattr(data, "size", None) if learn.can_resize() else None,
-        "data_seed": getattr(data, "seed", None),
+        **learner_state(learn),
         "classes": list(data.classes) if isinstance(data, Labelled) else None,
         "snapshots": [  # what each cycle end scored (their weights stay in memory)
             {
@@ -264,6 +256,23 @@ def restore(learn: Learner, point: ResumePoint) -> None:
             state.history = [record(r) for r in point.histories[index]]
             state.it, state.status = schedule.total_iters, "done"
             learn.fits.append(state)
+
+
+def learner_state(learn: Learner) -> dict[str, Any]:
+    """Weights, freeze state, optimizer, grad scaler, image size and precompute: what
+    :func:`restore_state` puts back (a checkpoint's, a distributed fit's rank 0's)."""
+    data = learn.data
+    return {
+        "model": learn.model.state_dict(),
+        "optimizer": learn.opt.state_dict(),
+        "opt": learn.opt_name,
+        "scaler": learn.scaler.state_dict() if learn.scaler is not None else None,
+        "trainable": learn.trainable,
+        "bn_frozen": learn.bn_frozen,
+        "precompute": learn.precompute,
+        "size": getattr(data, "size", None) if learn.can_resize() else None,
+        "data_seed": getattr(data, "seed", None),
+    }
 
 
 def restore_state(learn: Learner, p: dict[str, Any]) -> None:

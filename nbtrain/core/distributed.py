@@ -483,6 +483,7 @@ def apply_result(learn: Learner, plan: Plan, result: dict[str, Any]) -> list[Tra
 def plain_result(learn: Learner, states: Sequence[TrainState], first_snapshot: int) -> dict:
     """Rank 0's end of the run, as tensors, numbers, strings, lists and dicts only (it
     loads with ``weights_only=True``, also from a ``torchrun`` job's file)."""
+    from nbtrain.core.checkpoints import learner_state
     from nbtrain.core.resume import loader_generator
 
     generator = loader_generator(learn.data.train)
@@ -652,22 +653,6 @@ def train_rank(
     first_snapshot = len(learn.snapshots)
     states = learn.fit_stages(stages, listeners=listeners)
     return plain_result(learn, states, first_snapshot) if rank == 0 else None
-
-
-def learner_state(learn: Learner) -> dict[str, Any]:
-    """What :func:`nbtrain.core.checkpoints.restore_state` puts back."""
-    data = learn.data
-    return {
-        "model": learn.model.state_dict(),
-        "optimizer": learn.opt.state_dict(),
-        "opt": learn.opt_name,
-        "scaler": learn.scaler.state_dict() if learn.scaler is not None else None,
-        "trainable": learn.trainable,
-        "bn_frozen": learn.bn_frozen,
-        "precompute": learn.precompute,
-        "size": getattr(data, "size", None) if learn.can_resize() else None,
-        "data_seed": getattr(data, "seed", None),
-    }
 
 
 def _die_with_parent() -> None:
