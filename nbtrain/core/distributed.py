@@ -61,6 +61,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from nbtrain.core.checks import whole_number
+from nbtrain.core.cpu import tune_cpu
 
 if TYPE_CHECKING:
     from nbtrain.core.learner import Learner
@@ -605,6 +606,8 @@ def worker_main(rank: int, world: int, folder: str, messages: Any, stop: Any) ->
             os.environ["CUDA_VISIBLE_DEVICES"] = job.gpus[rank]
         torch.set_num_threads(job.threads)
         device = torch.device("cuda", 0) if job.gpus else torch.device("cpu")
+        if device.type == "cpu":
+            tune_cpu()  # as Learner() does: a rank is a new process, built without it
         learn = load_learner((Path(folder) / "learner.pkl").read_bytes(), device)
         job.rng.restore(loader=False)
         backend = "nccl" if learn.device.type == "cuda" else "gloo"
@@ -714,6 +717,8 @@ def launch_main(job_path: str, out: str, device: str = "auto") -> int:
     if kind == "cuda":
         torch.cuda.set_device(local)
     where = torch.device("cuda", local) if kind == "cuda" else torch.device(kind)
+    if kind == "cpu":
+        tune_cpu()
     learn = load_learner(job["learner"], where)
     job["rng"].restore(loader=False)
     dist.init_process_group("nccl" if kind == "cuda" else "gloo")
