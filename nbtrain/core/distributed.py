@@ -222,6 +222,22 @@ def check_sendable(learn: Learner) -> bytes:
     sent. Its earlier snapshots stay here: no rank needs them."""
     import cloudpickle
 
+    snapshots, learn.snapshots = learn.snapshots, []
+    buffer = io.BytesIO()
+    try:
+        torch.save(learn, buffer, pickle_module=cloudpickle)  # the model pickled once
+    except Exception:
+        _name_unsendable(learn)  # only now, attribute by attribute: which one
+        raise
+    finally:
+        learn.snapshots = snapshots
+    return buffer.getvalue()
+
+
+def _name_unsendable(learn: Learner) -> None:
+    """Raise ValueError naming the first attribute of ``learn`` that cannot be pickled."""
+    import cloudpickle
+
     for name, value in learn.__getstate__().items():
         if name == "snapshots":
             continue
@@ -234,13 +250,6 @@ def check_sendable(learn: Learner) -> bytes:
                 f"({type(exc).__name__}: {_line(exc)}); define it in a module or the "
                 "notebook without open files, locks or generators, or train in one process"
             ) from None
-    snapshots, learn.snapshots = learn.snapshots, []
-    try:
-        buffer = io.BytesIO()
-        torch.save(learn, buffer, pickle_module=cloudpickle)
-    finally:
-        learn.snapshots = snapshots
-    return buffer.getvalue()
 
 
 def load_learner(data: bytes, device: torch.device) -> Any:
